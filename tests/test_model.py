@@ -1,0 +1,220 @@
+"""model.py against Hugging Face transformers on tiny random models built offline from configs."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model as M
+from kernels.logprobs import linear_logprobs, linear_logprobs_ref
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(vocab_size=99, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6)
+
+
+def hf_config(arch, tied):
+    if arch == "qwen2":
+        return transformers.Qwen2Config(**SMALL, tie_word_embeddings=tied, rope_theta=1000.0)
+    # Llama 3.1 rope scaling, scaled down so that all three frequency bands occur at head_dim 16
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    return transformers.LlamaConfig(**SMALL, tie_word_embeddings=tied, rope_theta=500000.0, rope_scaling=scaling)
+
+
+def make_hf(tmp_path, arch, tied, seed=0):
+    torch.manual_seed(seed)
+    cls = transformers.Qwen2ForCausalLM if arch == "qwen2" else transformers.LlamaForCausalLM
+    hf = cls(hf_config(arch, tied)).eval()
+    with torch.no_grad():  # HF inits biases to zero; make them non-zero so qkv bias is really tested
+        for n, p in hf.named_parameters():
+            if n.endswith("bias") or "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    d = str(tmp_path / f"{arch}-{tied}")
+    hf.save_pretrained(d)
+    M.tiny_tokenizer().save_pretrained(d)
+    return hf, d
+
+
+def left_padded_batch(vocab=99, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # row 0: 4 pads on the left
+    mask[2, :1] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+CASES = [("qwen2", True), ("qwen2", False), ("llama", False)]
+
+
+@pytest.mark.parametrize("arch,tied", CASES)
+def test_logits_match_transformers_left_padded(tmp_path, arch, tied):
+    hf, d = make_hf(tmp_path, arch, tied)
+    ours, tok = M.load(d)
+    assert ours.cfg.arch == arch and ours.cfg.tie_word_embeddings == tied
+    ids, mask = left_padded_batch()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        got = ours(ids, attention_mask=mask, return_logits=True).logits
+    real = mask.bool()
+    assert (got[real] - ref[real]).abs().max() < 1e-4
+    # unpadded rows take the plain causal path (no mask tensor): also equal
+    with torch.no_grad():
+        got1 = ours(ids[1:2], return_logits=True).logits
+    assert (got1 - ref[1:2]).abs().max() < 1e-4
+
+
+def test_llama3_rope_scaling_changes_frequencies():
+    cfg = M.Config(head_dim=16, rope_theta=500000.0)
+    base = M.rope_inv_freq(cfg)
+    cfg.rope_scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 64}
+    scaled = M.rope_inv_freq(cfg)
+    assert torch.equal(scaled[0], base[0])  # the fastest frequency is kept
+    assert torch.allclose(scaled[-1], base[-1] / 8)  # the slowest is divided by the factor
+
+
+@pytest.mark.parametrize("arch,tied", [("qwen2", True), ("llama", False)])
+def test_save_load_round_trip_through_transformers(tmp_path, arch, tied):
+    _, d = make_hf(tmp_path, arch, tied)
+    ours, tok = M.load(d)
+    out = str(tmp_path / "saved")
+    M.save(ours, tok, out)
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ours2, tok2 = M.load(out)
+    ids, mask = left_padded_batch()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        a = ours(ids, attention_mask=mask, return_logits=True).logits
+        b = back(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        c = ours2(ids, attention_mask=mask, return_logits=True).logits
+    real = mask.bool()
+    assert (a[real] - b[real]).abs().max() < 1e-4
+    assert torch.equal(a, c)
+    assert tok2.encode("12+3") == tok.encode("12+3")
+
+
+def test_sharded_save_and_bf16_load(tmp_path):
+    m, tok = M.load("tiny")
+    M.save(m, tok, str(tmp_path), shard_bytes=400_000)  # forces several shards + index
+    assert os.path.exists(tmp_path / "model.safetensors.index.json")
+    m2, _ = M.load(str(tmp_path), dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in m2.parameters())
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a.to(torch.bfloat16), b), k
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    ids = torch.tensor([tok.encode("What is 12+34?")])
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - m(ids, return_logits=True).logits).abs().max() < 1e-4
+
+
+def test_value_head_saved_and_reloaded(tmp_path):
+    m, tok = M.load("tiny", value_head=True)
+    with torch.no_grad():
+        m.value_head.weight.normal_()
+    M.save(m, tok, str(tmp_path))
+    m2, _ = M.load(str(tmp_path), value_head=True)
+    ids = torch.tensor([tok.encode("1+1=2")])
+    with torch.no_grad():
+        assert torch.allclose(m(ids, return_values=True).values, m2(ids, return_values=True).values)
+    with pytest.raises(ValueError, match="value_head"):
+        M.load("tiny")[0](ids, return_values=True)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_logprobs_equal_naive_log_softmax(temperature):
+    torch.manual_seed(0)
+    h = torch.randn(37, 24, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(101, 24, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 101, (37,))
+    lp, ent = linear_logprobs(h, w, t, temperature, chunk=8)  # 5 chunks, the last one partial
+    naive = F.log_softmax((h @ w.t()) / temperature, -1).gather(-1, t[:, None]).squeeze(-1)
+    assert torch.allclose(lp.double(), naive, atol=1e-5)
+    ref_lp, ref_ent = linear_logprobs_ref(h, w, t, temperature)
+    assert torch.allclose(ent.double(), ref_ent.double(), atol=1e-5)
+    g = torch.randn(37, dtype=torch.float64)
+    gh, gw = torch.autograd.grad((lp.double() * g).sum(), (h, w))
+    rh, rw = torch.autograd.grad((naive * g).sum(), (h, w))
+    assert torch.allclose(gh, rh, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)
+
+
+def test_model_logprobs_equal_full_logits():
+    m, tok = M.load("tiny")
+    ids, mask = left_padded_batch(vocab=99)
+    labels = torch.roll(ids, -1, 1)
+    out = m(ids, attention_mask=mask, labels=labels, temperature=0.7, return_logits=True)
+    naive = F.log_softmax(out.logits.float() / 0.7, -1).gather(-1, labels[..., None]).squeeze(-1)
+    assert torch.allclose(out.logprobs, naive, atol=1e-5)
+    assert out.entropy.shape == (3, 11) and (out.entropy > 0).all()
+
+
+def test_gradient_checkpointing_same_gradients():
+    m, tok = M.load("tiny")
+    ids, mask = left_padded_batch(vocab=99)
+    labels = torch.roll(ids, -1, 1)
+    grads = []
+    for flag in (False, True):
+        m.zero_grad()
+        m.gradient_checkpointing = flag
+        m(ids, attention_mask=mask, labels=labels).logprobs.sum().backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_kv_cache_prefill_and_decode_match_full_forward():
+    m, tok = M.load("tiny")
+    prompts = [tok.encode("12+345="), tok.encode("7*8=")]
+    T = max(map(len, prompts))
+    ids = torch.zeros(2, T, dtype=torch.long)
+    mask = torch.zeros(2, T, dtype=torch.long)
+    for i, p in enumerate(prompts):  # right padding, as the sampler prefills
+        ids[i, :len(p)], mask[i, :len(p)] = torch.tensor(p), 1
+    cache = M.KVCache(m.cfg, batch=3, capacity=32, dtype=torch.float32, device="cpu")
+    slots = torch.tensor([2, 0])  # slots need not be in order
+    nxt = torch.tensor([[5], [9]])
+    with torch.no_grad():
+        first = m(ids, attention_mask=mask, cache=cache, slots=slots).logits  # (2, V)
+        assert cache.lengths.tolist() == [len(prompts[1]), 0, len(prompts[0])]
+        step = torch.zeros(3, 1, dtype=torch.long)
+        step[2], step[0] = nxt[0], nxt[1]
+        second = m(step, cache=cache).logits  # (3, V)
+        for i, p in enumerate(prompts):
+            full = m(torch.tensor([p + nxt[i].tolist()]), return_logits=True).logits[0]
+            assert torch.allclose(first[i], full[-2], atol=1e-5)
+            assert torch.allclose(second[slots[i]], full[-1], atol=1e-5)
+
+
+def test_bad_checkpoint_directory_errors(tmp_path):
+    with pytest.raises(ValueError, match="known alias"):
+        M.load("qwen-math-9000b")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        M.load(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2",\n "vocab_size": }')
+    with pytest.raises(ValueError, match=r"config.json:2: invalid JSON"):
+        M.load(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="gpt2"):
+        M.load(str(tmp_path))
+    cfg = M.TINY.to_hf()
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        M.load(str(tmp_path))
+    m, tok = M.load("tiny")
+    M.save(m, tok, str(tmp_path / "ok"))
+    cfg2 = dict(cfg, hidden_size=64, head_dim=16)  # config disagrees with the weights
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(cfg2))
+    with pytest.raises(ValueError, match="has shape"):
+        M.load(str(tmp_path / "ok"))
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(tmp_path / "ok" / "model.safetensors"))
+    sd.pop("model.norm.weight")
+    save_file(sd, str(tmp_path / "ok" / "model.safetensors"))
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="model.norm.weight"):
+        M.load(str(tmp_path / "ok"))
