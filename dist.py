@@ -30,6 +30,10 @@ def init():
     return td.get_rank(), td.get_world_size(), device
 
 
+def _device():
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def rank():
     return td.get_rank() if td.is_initialized() else 0
 
@@ -108,8 +112,7 @@ def mean(metrics: dict) -> dict:
     if world() == 1 or not metrics:
         return dict(metrics)
     keys = sorted(metrics)
-    dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=dev)
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_device())
     td.all_reduce(t)
     return {k: v / world() for k, v in zip(keys, t.tolist())}
 
@@ -118,9 +121,9 @@ def sum_tensor(t: torch.Tensor) -> torch.Tensor:
     """All-reduce sum of a tensor (in place on a copy); identity without torchrun."""
     if world() == 1:
         return t
-    t = t.clone()
-    td.all_reduce(t)
-    return t
+    out = t.to(_device(), copy=True)  # NCCL reduces CUDA tensors only
+    td.all_reduce(out)
+    return out.to(t.device)
 
 
 def broadcast_object(obj, src=0):
@@ -129,3 +132,53 @@ def broadcast_object(obj, src=0):
     box = [obj]
     td.broadcast_object_list(box, src=src)
     return box[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints: Hugging Face weights + trainer state, written atomically by rank 0
+# ----------------------------------------------------------------------------------------------------
+def save_checkpoint(path, models: dict, optimizers: dict, tokenizer, state: dict):
+    """Write `path/` = one HF model directory per entry of `models` ({"policy": m, "critic": c} -> path/policy,
+    path/critic; a single entry "model" -> path itself) plus path/trainer_state.pt (optimizer states, the
+    caller's `state`: step, data position, RNG). Written to a temporary directory and renamed, so a kill
+    while saving leaves the previous checkpoint intact. Every rank must call it (the gathers are collective)."""
+    import shutil
+    import model as M
+    sds = {name: full_state_dict(m) for name, m in models.items()}
+    opts = {name: optimizer_state_dict(models[name], o) for name, o in optimizers.items()}
+    if rank() == 0:
+        tmp = path.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name, m in models.items():
+            M.save(m, tokenizer, tmp if name == "model" else os.path.join(tmp, name), state_dict=sds[name])
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        torch.save({"optimizers": opts, "state": state, "rng": rng}, os.path.join(tmp, "trainer_state.pt"))
+        old = path.rstrip("/") + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(path):
+            os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier()
+
+
+def load_checkpoint(path, models: dict, optimizers: dict):
+    """Restore weights, optimizer states and RNG written by save_checkpoint; returns the caller's `state`."""
+    from safetensors.torch import load_file
+    for name, m in models.items():
+        d = path if name == "model" else os.path.join(path, name)
+        files = sorted(f for f in os.listdir(d) if f.endswith(".safetensors"))
+        sd = {}
+        for f in files:
+            for k, v in load_file(os.path.join(d, f)).items():
+                sd[k if f != "value_head.safetensors" else "value_head." + k] = v
+        if getattr(m.cfg, "tie_word_embeddings", False):
+            sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
+        load_full_state_dict(m, sd)
+    ts = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
+    for name, o in optimizers.items():
+        load_optimizer_state_dict(models[name], o, ts["optimizers"][name])
+    torch.set_rng_state(ts["rng"]["torch"])
+    if ts["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ts["rng"]["cuda"])
+    return ts["state"]

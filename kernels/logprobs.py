@@ -29,6 +29,7 @@ def linear_logprobs_ref(hidden, weight, targets, temperature=1.0):
 
 class _ChunkedLinearLogprobs(torch.autograd.Function):
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")  # backward then runs under the same autocast state
     def forward(ctx, hidden, weight, targets, temperature, chunk):
         N = hidden.shape[0]
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 softmax (fp64 in exactness tests)
@@ -46,6 +47,7 @@ class _ChunkedLinearLogprobs(torch.autograd.Function):
         return logp, entropy
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_logp, _grad_entropy):
         hidden, weight, targets = ctx.saved_tensors
         T, chunk = ctx.temperature, ctx.chunk

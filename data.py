@@ -1,0 +1,743 @@
+"""Data: problem sets, prompt formatting, the classroom task, rejection-sampling distillation.
+
+What it does
+------------
+1. Loads the evaluation / training problem sets as lists of dicts (`load_jsonl`, `load_benchmark`):
+   MATH train (7,498), MATH-500 (500), AIME 2024 (30), TheoremQA (800, 747 text-only), MMLU-Pro-1k (1,000).
+   Every row has `problem` and `answer` (strings) and gets a `kind` that tells verify.py how to grade it.
+   When a file is not on disk the loader downloads it from the public source named in
+   ../shared/data/README.md and converts it to the same row format (pure `convert_*` functions below).
+2. Formats a problem as a prompt (`format_prompt`): the model's chat template when it has one, as the paper
+   does, else a short plain template. Both ask for the final answer in \\boxed{}.
+3. Generates the *classroom* task (`classroom`): seeded multi-digit arithmetic with a long chain of thought
+   (column-by-column steps, a verification, and in ~30% of traces a wrong step followed by "Wait, recheck:"
+   and its correction) and a short chain of thought (the answer at once), small enough for a ~1M-parameter
+   character-level model trained on a laptop CPU.
+4. Builds an SFT set by rejection sampling (`distill`): sample N responses per prompt from a teacher, keep the
+   ones the verifier accepts. This is how the paper builds its long-CoT (QwQ-32B-Preview) and short-CoT
+   (Qwen2.5-Math-72B-Instruct) SFT sets.
+
+How to run
+----------
+    python data.py classroom --n 2000 --seed 0 --cot long --out classroom_long.jsonl
+    python data.py classroom --n 500 --seed 0 --split test --out classroom_test.jsonl
+    python data.py download all                       # fetch the five benchmarks into ./data (needs internet)
+    python data.py distill --teacher Qwen/QwQ-32B-Preview --prompts math_train --n 32 \\
+        --temperature 0.7 --top-p 0.95 --max-new-tokens 16384 --out sft_long.jsonl
+
+Where it departs from the paper
+-------------------------------
+- MMLU-Pro-1k is our own seeded 1,000-question sample (the paper's sample is not public); see the README.
+- MATH train is the 7,500-problem MATH train split (2 unusable rows dropped), not PRM800K's 12k split.
+- The classroom task does not exist in the paper: it is a toy, verifiable task so the whole SFT -> PPO
+  pipeline can be run and inspected on a CPU in minutes.
+- Distillation keeps at most `--max-per-prompt` (default 1) accepted responses per prompt and never keeps a
+  response cut off by the token limit, even when its text happens to verify.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+REPO = Path(__file__).resolve().parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All command-line arguments, one block per sub-command."""
+    p = argparse.ArgumentParser(description="longcot data tools", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("classroom", help="write the synthetic arithmetic task as SFT JSONL",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--n", type=int, default=2000, help="number of problems; 2000 is enough for a 1M-param model")
+    c.add_argument("--seed", type=int, default=0, help="the data are a pure function of (seed, split, knobs)")
+    c.add_argument("--split", default="train", choices=["train", "test"], help="hash-disjoint problem halves")
+    c.add_argument("--cot", default="long", choices=["long", "short"], help="which trace becomes the response")
+    c.add_argument("--ops", default="add", help="comma list of add,sub,mul; addition alone is the default task")
+    c.add_argument("--digits", type=int, default=3, help="digits of the first operand; 3 is learnable in minutes")
+    c.add_argument("--digits-b", type=int, default=None, help="digits of the second operand (add/sub); None = --digits")
+    c.add_argument("--p-error", type=float, default=0.3, help="fraction of long traces with a wrong step + correction")
+    c.add_argument("--out", default="classroom_long.jsonl", help="output JSONL (prompt, response, id, answer)")
+
+    d = sub.add_parser("download", help="fetch benchmark files into ./data (needs internet)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("names", nargs="+", help="benchmark names, or 'all'")
+    d.add_argument("--dest", default=str(REPO / "data"), help="folder the JSONL files are written to")
+
+    s = sub.add_parser("distill", help="rejection-sample an SFT set from a teacher model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--teacher", required=True, help="model name or path passed to model.load")
+    s.add_argument("--prompts", default="math_train", help="benchmark name or a JSONL file with problem/answer")
+    s.add_argument("--n", type=int, default=32, help="samples per prompt; the paper uses 32..256")
+    s.add_argument("--temperature", type=float, default=0.7, help="the paper's sampling temperature")
+    s.add_argument("--top-p", type=float, default=0.95, help="the paper's nucleus threshold")
+    s.add_argument("--max-new-tokens", type=int, default=16384, help="long-CoT traces need a large budget")
+    s.add_argument("--max-per-prompt", type=int, default=1,
+                   help="keep at most k accepted responses per prompt; 1 keeps the prompt mix of the source "
+                        "instead of over-weighting easy prompts, which pass most often")
+    s.add_argument("--limit", type=int, default=None, help="use only the first K prompts (smoke tests)")
+    s.add_argument("--batch-prompts", type=int, default=8, help="prompts per generate call; results stream to disk")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed; batch i uses seed + i")
+    s.add_argument("--out", default="sft_long.jsonl", help="output SFT JSONL (id, problem, prompt, response, n_tokens)")
+    s.add_argument("--stats", default=None, help="statistics JSON; default: <out>.stats.json")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------------
+# JSONL input / output
+# ----------------------------------------------------------------------------------------------------------
+
+class DataError(ValueError):
+    """Bad or missing data: the message names the file, the 1-based line, and what was expected."""
+
+
+# the type each known key must have when present (required keys must also be present)
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "id": str, "problem": str, "answer": str, "solution": str, "answer_type": str,
+    "options": list, "needs_image": bool,
+}
+
+
+def _type_name(t) -> str:
+    return " or ".join(x.__name__ for x in t) if isinstance(t, tuple) else t.__name__
+
+
+def load_jsonl(path, required: Sequence[str] = ("problem", "answer")) -> list[dict]:
+    """Read one JSON object per line; blank lines are skipped. Raise DataError on any malformed line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for key in required:
+            if key not in row:
+                raise DataError(f"{where}: missing required key {key!r} (keys: {sorted(row)})")
+        for key, want in FIELD_TYPES.items():
+            if key in row and not isinstance(row[key], want):
+                raise DataError(f"{where}: key {key!r} should be {_type_name(want)}, "
+                                f"got {type(row[key]).__name__}")
+        if "options" in row and not all(isinstance(o, str) for o in row["options"]):
+            raise DataError(f"{where}: key 'options' should be a list of strings")
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path, rows: Iterable[dict]) -> int:
+    """Write rows as UTF-8 JSONL (the format of ../shared/data); return the number written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Benchmarks
+# ----------------------------------------------------------------------------------------------------------
+
+_GH = "https://raw.githubusercontent.com"
+# name -> file, how it is graded, where it comes from (see ../shared/data/README.md), sha256 of our JSONL
+BENCHMARKS: dict[str, dict] = {
+    "math_train": dict(
+        file="math_train.jsonl", kind="math", rows=7498,
+        url="https://codeload.github.com/aiwaves-cn/agents/tar.gz/e8c4e3c2d19739d3dff59e577d1c97090cc15f59",
+        sha256="9d86e0f1241890ca81d4746de2aa3639864637f5524eb1a69a2a1c82107143e0"),
+    "math500": dict(
+        file="math500.jsonl", kind="math", rows=500,
+        url=f"{_GH}/hkust-nlp/simpleRL-reason/cf1c7858bfc145a27aa733e75d930d34f0d318a6/"
+            "examples/simplelr_math_eval/data/math500/test.jsonl",
+        sha256="3fe68ca2c1b94f9381a16527afdebf60247d7d364657d11e3d8d8db539cabac3"),
+    "aime2024": dict(
+        file="aime2024.jsonl", kind="math", rows=30,
+        url=f"{_GH}/QwenLM/Qwen2.5-Math/a45202bd16f1ec06f433442dc1152d0074773465/evaluation/data/aime24/test.jsonl",
+        sha256="e5e0e1c025b0748228d0aa9df00e1d2ac3bf3436740dbb6d3480bb39058d80a6"),
+    "theoremqa": dict(
+        file="theoremqa.jsonl", kind=None, rows=800,  # kind = the row's answer_type
+        url=f"{_GH}/TIGER-AI-Lab/TheoremQA/acfc9686aa9b49f3c8f189364a9a9ee9c53da039/theoremqa_test.json",
+        sha256="fbe30e8d932c34a1acd5fc688982fd0caa9cae8e8f6d7ad7312da9ac2572b7f1"),
+    "mmlu_pro_1k": dict(
+        file="mmlu_pro_1k.jsonl", kind="choice", rows=1000,
+        url=f"{_GH}/18907305772/FuseAI/7d9a30729e4b5a40bca19a97e188bfc07edf0809/FuseChat-3.0/FuseEval/"
+            "General-Eval/MC-Eval/data/MMLU-Pro/data/test-00000-of-00001.parquet",
+        # our file also carries `alt_version` for 4 rows, taken from other dumps: a fresh download lacks it,
+        # so its sha256 differs from this one while the 1,000 sampled questions are the same
+        sha256="ea67cb12515ac82dedc6e7ca9a9c45c3d815dbaeba7e7a7a008835cb4d9c87b0"),
+}
+THEOREMQA_KINDS = ("integer", "float", "bool", "list of integer", "list of float", "option")
+
+
+def data_dirs(data_dir=None) -> list[Path]:
+    """Folders searched for benchmark files, in order: data_dir, $LONGCOT_DATA, ../shared/data, ./data."""
+    dirs = [data_dir, os.environ.get("LONGCOT_DATA"), REPO.parent / "shared" / "data", REPO / "data"]
+    return [Path(d) for d in dirs if d]
+
+
+def load_benchmark(name: str, data_dir=None, text_only: bool | None = None, download: bool = True) -> list[dict]:
+    """Rows of a named benchmark, each with a `kind` for the verifier. Downloads the file if it is nowhere local.
+
+    text_only drops rows flagged needs_image (only TheoremQA has them); None means True for TheoremQA.
+    """
+    if name not in BENCHMARKS:
+        raise DataError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
+    spec = BENCHMARKS[name]
+    dirs = data_dirs(data_dir)
+    path = next((d / spec["file"] for d in dirs if (d / spec["file"]).is_file()), None)
+    if path is None:
+        if not download:
+            raise DataError(f"{spec['file']} not found in any of {[str(d) for d in dirs]}")
+        path = download_benchmark(name, REPO / "data")
+    rows = load_jsonl(path, required=("id", "problem", "answer"))
+    if text_only is None:
+        text_only = name == "theoremqa"
+    if text_only:
+        rows = [r for r in rows if not r.get("needs_image", False)]
+    for i, r in enumerate(rows):
+        if spec["kind"] is not None:
+            r["kind"] = spec["kind"]
+        elif r.get("answer_type") in THEOREMQA_KINDS:
+            r["kind"] = r["answer_type"]
+        else:
+            raise DataError(f"{path}: row {r['id']!r} has answer_type {r.get('answer_type')!r}, "
+                            f"expected one of {THEOREMQA_KINDS}")
+    return rows
+
+
+# ---- conversion from the public sources (pure functions; the only network call is `fetch`) ----
+
+def last_boxed(text: str) -> str | None:
+    """Contents of the last \\boxed{...} in text (braces matched, stripped); also the brace-less `\\boxed 2`."""
+    i = text.rfind("\\boxed")
+    if i < 0:
+        return None
+    j = i + len("\\boxed")
+    if text[j:j + 1] == "{":
+        depth = 0
+        for k in range(j, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[k], 0)
+            if depth == 0:
+                return text[j + 1:k].strip()
+        return None  # unbalanced
+    m = re.match(r"\s+([^\s$]+)", text[j:])  # `\boxed 2$.` -> "2"
+    return m.group(1) if m else None
+
+
+_MATH_PATH = re.compile(r"(?:^|/)train/([^/]+)/(\d+)\.json$")
+
+
+def convert_math_train(files: Iterable[tuple[str, dict]]) -> list[dict]:
+    """MATH train per-problem files (path, {problem, level, type, solution}) -> our rows.
+
+    The answer is the last boxed expression of the solution; rows whose last box is empty are dropped;
+    rows sort by subject folder, then numeric file id.
+    """
+    rows = []
+    for path, raw in files:
+        m = _MATH_PATH.search(path)
+        if m is None:
+            raise DataError(f"{path}: expected a path ending in train/<subject>/<n>.json")
+        answer = last_boxed(raw["solution"])
+        if not answer:
+            continue  # no or empty \boxed{}: originally multiple choice, unusable
+        level = raw["level"].removeprefix("Level ").strip()
+        row = {"id": f"train/{m.group(1)}/{m.group(2)}.json", "problem": raw["problem"], "answer": answer,
+               "solution": raw["solution"], "subject": raw["type"], "level": int(level) if level.isdigit() else None}
+        n_boxed = raw["solution"].count("\\boxed")
+        if n_boxed > 1:
+            row["n_boxed"] = n_boxed
+        rows.append((m.group(1), int(m.group(2)), row))
+    return [row for _, _, row in sorted(rows, key=lambda t: t[:2])]
+
+
+def convert_math500(raw_rows: Iterable[dict]) -> list[dict]:
+    """PRM800K / MATH-500 test.jsonl rows -> our rows (unique_id becomes id; order kept)."""
+    return [{"id": r["unique_id"], "problem": r["problem"], "answer": r["answer"], "solution": r["solution"],
+             "subject": r["subject"], "level": int(r["level"])} for r in raw_rows]
+
+
+_AIME_URL = re.compile(r"2024_AIME_(I{1,2})_Problems/Problem_(\d+)")
+
+
+def convert_aime2024(raw_rows: Iterable[dict]) -> list[dict]:
+    """Qwen2.5-Math aime24 rows -> our rows, ordered I-1..I-15, II-1..II-15; answers lose zero padding."""
+    rows = []
+    for r in raw_rows:
+        m = _AIME_URL.search(r["url"])
+        if m is None:
+            raise DataError(f"AIME row {r.get('id')!r}: cannot read exam and problem number from url {r['url']!r}")
+        exam, num = m.group(1), int(m.group(2))
+        rows.append(((len(exam), num), {"id": f"2024-{exam}-{num}", "problem": r["problem"],
+                                        "answer": str(int(r["answer"])), "solution": r["solution"],
+                                        "url": r["url"], "source_id": int(r["id"])}))
+    return [row for _, row in sorted(rows, key=lambda t: t[0])]
+
+
+def theoremqa_answer_str(answer) -> str:
+    """TheoremQA's typed answer as our string: True/False, JSON for lists, str() (Python repr) otherwise."""
+    if isinstance(answer, list):
+        return json.dumps(answer)
+    return str(answer)
+
+
+def convert_theoremqa(raw_rows: Iterable[dict]) -> list[dict]:
+    """theoremqa_test.json entries -> our rows; questions with a Picture are flagged needs_image."""
+    rows = []
+    for r in raw_rows:
+        row = {"id": r["id"], "problem": r["Question"], "answer": theoremqa_answer_str(r["Answer"]),
+               "answer_type": r["Answer_type"], "answer_raw": r["Answer"], "needs_image": bool(r.get("Picture")),
+               "image": r.get("Picture") or None, "subject": r["field"], "subfield": r["subfield"],
+               "theorem": r["theorem"], "source": r["source"]}
+        if r.get("explanation") not in (None, "", "NONE"):
+            row["solution"] = r["explanation"]
+        rows.append(row)
+    return rows
+
+
+MMLU_PRO_SAMPLE_MD5 = "27f5d9b76c15d15ad0ea0c4a6886b666"  # md5 of the comma-joined ids of our 1k sample
+
+
+def sample_mmlu_pro(raw_rows: Sequence[dict], k: int = 1000, seed: int = 0) -> list[dict]:
+    """The README's seeded sample: sort by question_id, random.Random(seed).sample(rows, k), sort again."""
+    rows = sorted(raw_rows, key=lambda r: int(r["question_id"]))
+    return sorted(random.Random(seed).sample(rows, k), key=lambda r: int(r["question_id"]))
+
+
+def convert_mmlu_pro(raw_rows: Iterable[dict]) -> list[dict]:
+    """MMLU-Pro parquet records -> our rows (question stem and options kept apart; answer is a letter)."""
+    return [{"id": str(r["question_id"]), "problem": r["question"], "answer": r["answer"],
+             "options": list(r["options"]), "answer_index": int(r["answer_index"]), "subject": r["category"],
+             "src": r["src"], "question_id": int(r["question_id"])} for r in raw_rows]
+
+
+def fetch(url: str, timeout: float = 120.0) -> bytes:
+    """The one network call: GET url and return its bytes."""
+    import urllib.request
+    req = urllib.request.Request(url, headers={"User-Agent": "longcot-data/1.0"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read()
+
+
+def _read_parquet(blob: bytes) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("converting MMLU-Pro needs pyarrow to read its parquet file: pip install pyarrow") from None
+    return pq.read_table(io.BytesIO(blob)).to_pylist()
+
+
+def _math_train_files(blob: bytes) -> Iterable[tuple[str, dict]]:
+    import tarfile
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        for member in tar:
+            if member.isfile() and "/src/agents/datasets/data/math/train/" in member.name \
+                    and member.name.endswith(".json"):
+                yield member.name, json.loads(tar.extractfile(member).read().decode("utf-8"))
+
+
+def download_benchmark(name: str, dest_dir, fetch_fn: Callable[[str], bytes] = fetch) -> Path:
+    """Fetch a benchmark from its public source, convert it, write dest_dir/<file>; return the path."""
+    spec = BENCHMARKS[name]
+    print(f"downloading {name} from {spec['url']}", file=sys.stderr)
+    try:
+        blob = fetch_fn(spec["url"])
+    except OSError as e:  # urllib.error.URLError is an OSError
+        raise DataError(f"{spec['file']} is not available locally and could not be downloaded from "
+                        f"{spec['url']}: {e}. Put the file in one of {[str(d) for d in data_dirs()]}") from None
+    if blob.startswith(b"version https://git-lfs"):
+        raise DataError(f"{spec['url']} returned a Git-LFS pointer instead of the data")
+    if name == "math_train":
+        rows = convert_math_train(_math_train_files(blob))
+    elif name == "math500":
+        rows = convert_math500(json.loads(l) for l in blob.decode("utf-8").splitlines() if l.strip())
+    elif name == "aime2024":
+        rows = convert_aime2024(json.loads(l) for l in blob.decode("utf-8").splitlines() if l.strip())
+    elif name == "theoremqa":
+        rows = convert_theoremqa(json.loads(blob.decode("utf-8")))
+    else:  # mmlu_pro_1k
+        rows = convert_mmlu_pro(sample_mmlu_pro(_read_parquet(blob)))
+        ids_md5 = hashlib.md5(",".join(r["id"] for r in rows).encode()).hexdigest()
+        if ids_md5 != MMLU_PRO_SAMPLE_MD5:
+            print(f"warning: the MMLU-Pro sample differs from ours (ids md5 {ids_md5})", file=sys.stderr)
+    if len(rows) != spec["rows"]:
+        print(f"warning: {name} has {len(rows)} rows, expected {spec['rows']}", file=sys.stderr)
+    path = Path(dest_dir) / spec["file"]
+    write_jsonl(path, rows)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != spec["sha256"]:
+        print(f"note: {path} sha256 {digest} differs from the reference file's", file=sys.stderr)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompt formatting
+# ----------------------------------------------------------------------------------------------------------
+
+# Chat models get the instruction Qwen2.5-Math uses; the plain template is short because the classroom model
+# is character-level (every character is a token): "<problem>\nAnswer in \boxed{}.\n" adds 20 characters.
+CHAT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+CHAT_CHOICE_INSTRUCTION = "Please reason step by step, and put the letter of the correct option within \\boxed{}."
+PLAIN_INSTRUCTION = "Answer in \\boxed{}."
+PLAIN_CHOICE_INSTRUCTION = "Answer with the letter in \\boxed{}."
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def format_options(options: Sequence[str]) -> str:
+    """'(A) first\\n(B) second...' for a multiple-choice question."""
+    if not isinstance(options, (list, tuple)) or not options or not all(isinstance(o, str) for o in options):
+        raise ValueError(f"options must be a non-empty list of strings, got {options!r}")
+    if len(options) > len(LETTERS):
+        raise ValueError(f"at most {len(LETTERS)} options can be lettered, got {len(options)}")
+    return "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
+
+
+def format_prompt(problem: str, tokenizer=None, options: Sequence[str] | None = None) -> str:
+    """The text the model sees before its response. Uses the tokenizer's chat template when it has one."""
+    if not isinstance(problem, str):
+        raise ValueError(f"problem must be a string, got {type(problem).__name__}")
+    chat = getattr(tokenizer, "chat_template", None) is not None
+    body = problem if options is None else f"{problem}\n{format_options(options)}"
+    if chat:
+        instruction = CHAT_INSTRUCTION if options is None else CHAT_CHOICE_INSTRUCTION
+        msg = f"{body}\n{instruction}"
+        return tokenizer.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
+                                             add_generation_prompt=True)
+    instruction = PLAIN_INSTRUCTION if options is None else PLAIN_CHOICE_INSTRUCTION
+    return f"{body}\n{instruction}\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The classroom task: seeded arithmetic with long and short chains of thought
+# ----------------------------------------------------------------------------------------------------------
+#
+# Problem "482+376=?", answer "858". Long CoT (default knobs: 3-digit addition; 139-165 characters without a
+# correction, 183-209 with one; mean about 158):
+#
+#     Add right to left.
+#     2+6+0=8, write 8, carry 0.
+#     8+7+0=14, write 4, carry 1.
+#     Wait, recheck: 8+7+0=15, write 5, carry 1.
+#     4+3+1=8, write 8, carry 0.
+#     So 482+376=858.
+#     Verify: 858-376=482.
+#     \boxed{858}
+#
+# Short CoT (23-25 characters): "482+376=858. \boxed{858}".
+# Subtraction borrows ("12-6-0=6, write 6, borrow 1.") and is verified by addition; multiplication by a single
+# digit carries ("7*8+3=59, write 9, carry 5.") and is verified by a rounded estimate.
+
+OPS = {"add": "+", "sub": "-", "mul": "*"}
+RECHECK = "Wait, recheck: "
+
+
+def _digits(x: int) -> list[int]:
+    """Decimal digits, least significant first: 482 -> [2, 8, 4]."""
+    return [int(c) for c in reversed(str(x))]
+
+
+def _wrong(value: int, rng: random.Random, lo: int, hi: int) -> int:
+    """A plausible wrong value near `value` inside [lo, hi]: the slip of a careless student."""
+    choices = [v for v in (value - 2, value - 1, value + 1, value + 2) if lo <= v <= hi]
+    return rng.choice(choices)
+
+
+def _column_steps(a: int, b: int, op: str) -> tuple[list[tuple[str, ...]], int]:
+    """Per column, right to left: (left side, value, written digit, carry/borrow out) and the final carry."""
+    steps, c = [], 0
+    if op == "add":
+        da, db = _digits(a), _digits(b)
+        for i in range(max(len(da), len(db))):
+            x, y = (da[i] if i < len(da) else 0), (db[i] if i < len(db) else 0)
+            s = x + y + c
+            steps.append((f"{x}+{y}+{c}", s))
+            c = s // 10
+    elif op == "sub":  # a >= b
+        da, db = _digits(a), _digits(b)
+        for i in range(len(da)):
+            x, y = da[i], (db[i] if i < len(db) else 0)
+            borrow = int(x - y - c < 0)
+            steps.append((f"{x + 10 * borrow}-{y}-{c}", x + 10 * borrow - y - c))
+            c = borrow
+    else:  # mul: b is one digit
+        for x in _digits(a):
+            p = b * x + c
+            steps.append((f"{b}*{x}+{c}", p))
+            c = p // 10
+    return steps, c
+
+
+def _step_line(lhs: str, value: int, op: str) -> str:
+    """One column: '8+7+0=15, write 5, carry 1.' or '12-6-0=6, write 6, borrow 1.'"""
+    if op == "sub":
+        borrow = int(int(lhs.split("-")[0]) >= 10)  # the top digit shows +10 when this column borrowed
+        return f"{lhs}={value}, write {value}, borrow {borrow}."
+    return f"{lhs}={value}, write {value % 10}, carry {value // 10}."
+
+
+def long_cot(a: int, b: int, op: str, rng: random.Random, p_error: float) -> str:
+    """Column-by-column solution with a verification; with probability p_error one step is first wrong."""
+    steps, final_carry = _column_steps(a, b, op)
+    result = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+    sym = OPS[op]
+    bad = rng.randrange(len(steps)) if rng.random() < p_error else -1
+    head = {"add": "Add right to left.", "sub": "Subtract right to left.", "mul": "Multiply right to left."}[op]
+    out = [head]
+    for i, (lhs, value) in enumerate(steps):
+        if i == bad:
+            hi = 9 if op == "sub" else (9 * 9 + 8 if op == "mul" else 19)
+            out.append(_step_line(lhs, _wrong(value, rng, 0, hi), op))
+            out.append(RECHECK + _step_line(lhs, value, op))
+        else:
+            out.append(_step_line(lhs, value, op))
+    if final_carry:
+        out.append(f"Carry {final_carry} in front.")
+    out.append(f"So {a}{sym}{b}={result}.")
+    if op == "add":
+        out.append(f"Verify: {result}-{b}={a}.")
+    elif op == "sub":
+        out.append(f"Verify: {result}+{b}={a}.")
+    else:
+        p = 10 ** (len(str(a)) - 1)
+        est = (a + p // 2) // p * p  # a rounded to one significant digit
+        out.append(f"Estimate: {est}*{b}={est * b}, close.")
+    out.append(f"\\boxed{{{result}}}")
+    return "\n".join(out)
+
+
+def short_cot(a: int, b: int, op: str) -> str:
+    """The answer at once: '482+376=858. \\boxed{858}'."""
+    result = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+    return f"{a}{OPS[op]}{b}={result}. \\boxed{{{result}}}"
+
+
+def is_test_problem(problem: str, test_frac: float = 0.1) -> bool:
+    """Hash-based split of the problem space: the same problem text always lands in the same split."""
+    h = int.from_bytes(hashlib.sha256(problem.encode()).digest()[:8], "big")
+    return h < test_frac * 2 ** 64
+
+
+def classroom(n: int, seed: int, split: str = "train", *, ops: str | Sequence[str] = "add", digits: int = 3,
+              digits_b: int | None = None, p_error: float = 0.3, test_frac: float = 0.1) -> list[dict]:
+    """n distinct arithmetic problems of one split, a pure function of (seed, split, knobs).
+
+    Rows: id, problem ("482+376=?"), answer ("858"), long_cot, short_cot, kind="math".
+    Knobs: ops (add, sub, mul; mul multiplies by one digit 2..9), digits of the first operand, digits_b of the
+    second (add/sub, default = digits), p_error (share of long traces with a corrected mistake), test_frac
+    (share of the problem space reserved for the test split).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    ops = [o.strip() for o in ops.split(",")] if isinstance(ops, str) else list(ops)
+    if not ops or any(o not in OPS for o in ops):
+        raise ValueError(f"ops must name some of {sorted(OPS)}, got {ops!r}")
+    digits_b = digits if digits_b is None else digits_b
+    if not (1 <= digits <= 18 and 1 <= digits_b <= 18):
+        raise ValueError(f"digits and digits_b must be in 1..18, got {digits}, {digits_b}")
+    if not 0.0 <= p_error <= 1.0 or not 0.0 < test_frac < 1.0:
+        raise ValueError(f"need 0 <= p_error <= 1 and 0 < test_frac < 1, got {p_error}, {test_frac}")
+    rng = random.Random(f"classroom/{split}/{seed}")
+    lo_a, hi_a = 10 ** (digits - 1) if digits > 1 else 0, 10 ** digits - 1
+    lo_b, hi_b = 10 ** (digits_b - 1) if digits_b > 1 else 0, 10 ** digits_b - 1
+    rows, seen, tries = [], set(), 0
+    while len(rows) < n:
+        tries += 1
+        if tries > 50 * n + 10_000:
+            raise ValueError(f"could only find {len(rows)} distinct {split} problems of {n}: "
+                             f"the problem space is too small for these knobs ({ops}, digits={digits})")
+        op = rng.choice(ops)
+        a = rng.randint(lo_a, hi_a)
+        b = rng.randint(2, 9) if op == "mul" else rng.randint(lo_b, hi_b)
+        if op == "sub" and a < b:
+            a, b = b, a
+        problem = f"{a}{OPS[op]}{b}=?"
+        if problem in seen or is_test_problem(problem, test_frac) != (split == "test"):
+            continue
+        seen.add(problem)
+        answer = str({"add": a + b, "sub": a - b, "mul": a * b}[op])
+        rows.append({"id": f"classroom-{split}-{seed}-{len(rows)}", "problem": problem, "answer": answer,
+                     "long_cot": long_cot(a, b, op, rng, p_error), "short_cot": short_cot(a, b, op),
+                     "kind": "math"})
+    return rows
+
+
+def sft_rows(rows: Iterable[dict], cot: str = "long", tokenizer=None) -> list[dict]:
+    """(prompt, response) pairs for SFT; the response is the trace without EOS (the trainer appends it)."""
+    if cot not in ("long", "short"):
+        raise ValueError(f"cot must be 'long' or 'short', got {cot!r}")
+    return [{"id": r.get("id", str(i)), "prompt": format_prompt(r["problem"], tokenizer, r.get("options")),
+             "response": r[f"{cot}_cot"], "answer": r["answer"]} for i, r in enumerate(rows)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rejection-sampling distillation
+# ----------------------------------------------------------------------------------------------------------
+
+def pass_rate_histogram(n_accepted: Sequence[int], n: int) -> dict[str, int]:
+    """Prompts per pass-rate bin: '0' (none accepted), then tenths '(0.0,0.1]' ... '(0.9,1.0]'."""
+    hist = {"0": 0} | {f"({k / 10:.1f},{(k + 1) / 10:.1f}]": 0 for k in range(10)}
+    keys = list(hist)
+    for c in n_accepted:
+        # bin k holds pass rates in (k/10, (k+1)/10]: k = ceil(10c/n) - 1, in integers
+        hist[keys[0 if c == 0 else (10 * c + n - 1) // n]] += 1
+    return hist
+
+
+def distill_stats(n_accepted: Sequence[int], n: int, kept_tokens: Sequence[int], n_truncated: int) -> dict:
+    """Summary of a distillation run from per-prompt accepted counts and the kept responses' token lengths."""
+    prompts = len(n_accepted)
+    return {
+        "prompts": prompts, "samples_per_prompt": n, "samples": prompts * n,
+        "accepted": int(sum(n_accepted)), "truncated": n_truncated,
+        "mean_pass_rate": sum(n_accepted) / (prompts * n) if prompts else 0.0,
+        "prompts_with_kept": sum(c > 0 for c in n_accepted),
+        "kept": len(kept_tokens),
+        "mean_kept_tokens": sum(kept_tokens) / len(kept_tokens) if kept_tokens else 0.0,
+        "pass_rate_hist": pass_rate_histogram(n_accepted, n),
+    }
+
+
+def distill(generate_fn: Callable[[list[str], int], list[list]], rows: Sequence[dict], n: int, *,
+            tokenizer=None, max_per_prompt: int = 1, grade_fn: Callable | None = None, batch_prompts: int = 8,
+            sink: Callable[[list[dict]], None] | None = None) -> tuple[list[dict], dict]:
+    """Sample n responses per problem, keep at most max_per_prompt that the verifier accepts.
+
+    generate_fn(prompts, n) -> per prompt a list of n samples with .text, .token_ids, .finish_reason.
+    grade_fn(texts, golds, kinds) -> per text a bool or an object with .correct (default verify.grade_batch).
+    A sample is accepted when it verifies and ended with EOS (a truncated trace would teach the student to
+    stop mid-thought). Accepted samples are kept in sampling order, not by length, so the kept set is not
+    biased towards short answers. sink, if given, receives each batch's kept rows (to stream them to disk).
+    Returns (kept rows {id, problem, prompt, response, n_tokens}, statistics as in distill_stats);
+    n_tokens is len(sample.token_ids), which counts the EOS token (sample.py includes it).
+    """
+    if n < 1 or max_per_prompt < 1 or batch_prompts < 1:
+        raise ValueError(f"n, max_per_prompt and batch_prompts must be >= 1, got {n}, {max_per_prompt}, "
+                         f"{batch_prompts}")
+    if grade_fn is None:
+        import verify
+        grade_fn = verify.grade_batch
+    kept, n_accepted, kept_tokens, n_truncated = [], [], [], 0
+    for start in range(0, len(rows), batch_prompts):
+        batch = rows[start:start + batch_prompts]
+        prompts = [format_prompt(r["problem"], tokenizer, r.get("options")) for r in batch]
+        samples = generate_fn(prompts, n)
+        if len(samples) != len(batch) or any(len(s) != n for s in samples):
+            raise ValueError(f"generate_fn returned {[len(s) for s in samples]} samples for {len(batch)} "
+                             f"prompts, expected {n} each")
+        flat = [s for per_prompt in samples for s in per_prompt]
+        golds = [r["answer"] for r in batch for _ in range(n)]
+        kinds = [r.get("kind", "math") for r in batch for _ in range(n)]
+        # verify.grade_batch returns Grade tuples (always truthy): read .correct where there is one
+        ok = [bool(getattr(g, "correct", g)) for g in grade_fn([s.text for s in flat], golds, kinds)]
+        batch_kept = []
+        for j, (row, prompt) in enumerate(zip(batch, prompts)):
+            accepted = 0
+            for s, good in zip(samples[j], ok[j * n:(j + 1) * n]):
+                n_truncated += s.finish_reason == "length"
+                if not good or s.finish_reason != "eos":
+                    continue
+                accepted += 1
+                if accepted <= max_per_prompt:
+                    batch_kept.append({"id": row.get("id", str(start + j)), "problem": row["problem"],
+                                       "prompt": prompt, "response": s.text, "n_tokens": len(s.token_ids)})
+                    kept_tokens.append(len(s.token_ids))
+            n_accepted.append(accepted)
+        kept += batch_kept
+        if sink is not None:
+            sink(batch_kept)
+    return kept, distill_stats(n_accepted, n, kept_tokens, n_truncated)
+
+
+def print_stats(stats: dict, file=sys.stdout) -> None:
+    """Human-readable distillation summary with a text histogram of per-prompt pass rates."""
+    print(f"prompts {stats['prompts']}, samples {stats['samples']}, accepted {stats['accepted']} "
+          f"(mean pass rate {stats['mean_pass_rate']:.3f}), truncated {stats['truncated']}", file=file)
+    print(f"kept {stats['kept']} responses for {stats['prompts_with_kept']} prompts, "
+          f"mean {stats['mean_kept_tokens']:.1f} tokens", file=file)
+    top = max(stats["pass_rate_hist"].values(), default=0) or 1
+    for k, v in stats["pass_rate_hist"].items():
+        print(f"  pass rate {k:>10} {v:6d} {'#' * round(40 * v / top)}", file=file)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------
+
+def _load_prompts(spec: str) -> list[dict]:
+    if spec in BENCHMARKS:
+        return load_benchmark(spec)
+    rows = load_jsonl(spec)
+    for r in rows:
+        r.setdefault("kind", "choice" if "options" in r else "math")
+    return rows
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "classroom":
+        rows = classroom(args.n, args.seed, args.split, ops=args.ops, digits=args.digits, digits_b=args.digits_b,
+                         p_error=args.p_error)
+        n = write_jsonl(args.out, sft_rows(rows, cot=args.cot))
+        lengths = [len(r[f"{args.cot}_cot"]) for r in rows]
+        print(f"wrote {n} rows to {args.out}; {args.cot} CoT length {min(lengths)}..{max(lengths)} characters, "
+              f"mean {sum(lengths) / len(lengths):.1f}")
+    elif args.cmd == "download":
+        names = list(BENCHMARKS) if args.names == ["all"] else args.names
+        for name in names:
+            if name not in BENCHMARKS:
+                raise SystemExit(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)} or 'all'")
+            print(f"wrote {download_benchmark(name, args.dest)}")
+    elif args.cmd == "distill":
+        import model as model_lib  # written in parallel by the lead; imported only when distilling
+        import sample as sample_lib
+        rows = _load_prompts(args.prompts)[:args.limit]
+        teacher, tokenizer = model_lib.load(args.teacher)
+        calls = 0
+
+        def generate(prompts: list[str], n: int):
+            nonlocal calls
+            calls += 1
+            return sample_lib.generate(teacher, tokenizer, prompts, n=n, temperature=args.temperature,
+                                       top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                                       seed=args.seed + calls - 1, progress=True)
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as f:
+            def sink(batch_rows):
+                for r in batch_rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.flush()
+            _, stats = distill(generate, rows, args.n, tokenizer=tokenizer, max_per_prompt=args.max_per_prompt,
+                               batch_prompts=args.batch_prompts, sink=sink)
+        stats |= {"teacher": args.teacher, "prompts_source": args.prompts, "temperature": args.temperature,
+                  "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}
+        Path(args.stats or f"{args.out}.stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        print_stats(stats)
+        print(f"wrote {stats['kept']} rows to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Token sampling with temperature and nucleus (top-p) truncation, and the log-probability PPO needs.
+
+The caller supplies the randomness: u (B,) uniform in [0, 1). Given u the result is deterministic, so a run is
+reproducible from a seed and the Triton kernel can be tested for exact agreement with the reference.
+
+Semantics (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration", eq. 2-3):
+    p       = softmax(logits.float() / temperature)                           (V,)
+    tau     = the largest value with  sum(p[p >= tau]) >= top_p               nucleus = {j : p_j >= tau}
+              (the smallest set of most likely tokens with mass >= top_p; every token tied at tau is in it)
+    token   = the first index j of the nucleus where the running sum of p over the nucleus, in vocabulary order,
+              exceeds u * (nucleus mass)                                      (inverse-CDF draw)
+    logprob = log_softmax(logits.float() / temperature)[token]                (the FULL tempered distribution,
+              not the truncated one: it is the behaviour policy's log-prob that PPO's ratio needs)
+    temperature == 0: token = argmax (first index of the max), logprob = log_softmax(logits.float())[token].
+    top_p >= 1: no truncation (the nucleus is the whole vocabulary; no threshold is computed at all).
+    Rounding: if u * mass is not below the last running sum (fp32 rounding with u close to 1), the token is the
+    last nucleus token with p > 0.
+
+Parts:
+  sample_ref(logits, temperature, top_p, u)       plain torch: a full sort and cumsum, the definition
+  sample_triton(logits, temperature, top_p, u)    one Triton program per row, no sort
+Called through `kernels.sample` (kernels/__init__.py). Tested in tests/test_kernels.py, timed in
+bench/bench_kernels.py.
+
+How the Triton kernel finds tau without sorting. For p >= 0 the order of fp32 values is the order of their bit
+patterns read as integers, and every p in [0, 1] has a pattern in [0, 0x3F800000] (< 2^30). mass(t) =
+sum(p[p >= t]) only falls as t grows, so tau is found by a search on the integer t: keep lo, hi with
+mass(lo) >= top_p > mass(hi) (lo = 0 holds by definition: "everything"; hi = bits(1.0) + 1 has mass 0). Each
+pass over the vocabulary evaluates NT = 8 thresholds lo + k (hi - lo) / 8 at once (a (BLOCK, 8) compare and
+column sums) and keeps the eighth that contains the crossing: 3 bits per pass, so after 10 passes hi = lo + 1
+and tau = lo exactly; no tolerance, and ties at tau are included by construction (the test is p >= tau).
+Every pass recomputes p with the same instructions, so the masses are compared on identical values.
+
+Cost, in passes over the row's V logits (each pass re-reads V values, from L2 for a 152K vocabulary):
+    greedy: 1 (max + argmax + sum-exp)      top_p = 1: 2 (max/sum-exp online, then the draw)
+    top_p < 1: 12 (max/sum-exp, 10 search passes of 8 thresholds, the draw)
+A full sort costs O(V log V) and a (B, V) index buffer; here the extra memory is zero. The price is that
+one row runs on one SM, so batch 1 is latency-bound (see bench/bench_kernels.py for numbers).
+
+Where results may differ from the reference: p is computed by two different exp implementations and summed in
+two different orders, so the two agree to ~1e-7 relative. The token differs only if u * mass lies within
+that distance of a cumulative boundary, or if the nucleus mass lies within it of top_p (the tests state and
+check this margin). Not from the paper: the paper samples with vLLM; this is a readable equivalent.
+"""
+import torch
+
+from .rmsnorm import HAS_TRITON, check_triton_device
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+NT = 8  # thresholds evaluated per search pass (power of two): log2(8) = 3 bits of the threshold per pass
+SEARCH_PASSES = 10  # ceil(30 / 3): p in [0, 1] has fewer than 2^30 bit patterns
+ONE_BITS = 0x3F800000  # bit pattern of 1.0f; every probability's pattern is <= this
+MAX_BLOCK = 1024  # vocabulary entries per loop step
+
+
+def sample_ref(logits, temperature, top_p, u):
+    """logits (B, V) float, temperature float >= 0, top_p in (0, 1], u (B,) in [0, 1) ->
+    tokens (B,) int64, logprobs (B,) float32."""
+    _check_inputs(logits, temperature, top_p, u)
+    z = logits.float()  # (B, V)
+    if temperature == 0:  # greedy
+        tokens = z.argmax(dim=-1)  # first index of the max
+        return tokens, torch.log_softmax(z, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    z = z / temperature
+    p = torch.softmax(z, dim=-1)  # (B, V)
+    w = p
+    if top_p < 1:
+        p_sorted = p.sort(dim=-1, descending=True).values  # (B, V)
+        mass_sorted = p_sorted.cumsum(dim=-1)  # (B, V) mass of the k+1 most likely tokens
+        k = (mass_sorted < top_p).sum(dim=-1, keepdim=True).clamp(max=p.shape[-1] - 1)  # first k reaching top_p
+        tau = p_sorted.gather(-1, k)  # (B, 1) smallest probability in the nucleus
+        w = torch.where(p >= tau, p, torch.zeros_like(p))  # ties at tau are in (Holtzman et al. eq. 2)
+    running = w.cumsum(dim=-1)  # (B, V) running sum over the nucleus, vocabulary order
+    target = u.float()[:, None] * running[:, -1:]  # (B, 1) u * nucleus mass
+    tokens = (running <= target).sum(dim=-1)  # first index with running > target (V if none)
+    last = p.shape[-1] - 1 - (w > 0).flip(-1).int().argmax(dim=-1)  # last nucleus token with p > 0
+    tokens = torch.minimum(tokens, last)  # u * mass rounded up to the total: take the last token
+    logprobs = torch.log_softmax(z, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)  # full distribution
+    return tokens, logprobs
+
+
+def _check_inputs(logits, temperature, top_p, u):
+    if logits.dim() != 2 or not logits.is_floating_point():
+        raise ValueError(f"sample: logits must be a (B, V) float tensor, got {tuple(logits.shape)} {logits.dtype}")
+    if not (temperature >= 0):
+        raise ValueError(f"sample: temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not (0 < top_p <= 1):
+        raise ValueError(f"sample: top_p must be in (0, 1], got {top_p}")
+    if u.shape != (logits.shape[0],):
+        raise ValueError(f"sample: u must be ({logits.shape[0]},), one uniform number per row, got {tuple(u.shape)}")
+
+
+if HAS_TRITON:
+    @triton.jit
+    def _probs(base, idx, mask, temperature, m, inv_s):
+        """p = exp(z - max) / sum for one block, 0 outside the vocabulary. The same instructions in every pass."""
+        x = tl.load(base + idx, mask=mask, other=float("-inf")).to(tl.float32)
+        z = tl.math.div_rn(x, temperature)  # correctly rounded, like torch's division
+        return tl.exp(z - m) * inv_s
+
+    @triton.jit
+    def _sample_kernel(logits_ptr, stride_row, u_ptr, tok_ptr, lp_ptr, V, temperature, top_p,
+                       GREEDY: tl.constexpr, TOP_P: tl.constexpr, BLOCK: tl.constexpr,
+                       NT: tl.constexpr, SEARCH_PASSES: tl.constexpr, ONE_BITS: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        base = logits_ptr + row * stride_row
+        offs = tl.arange(0, BLOCK)  # (BLOCK,)
+        BIG: tl.constexpr = 2147483647  # "no token yet"
+
+        # ---- pass 1: max and sum of exp (online, Milakov & Gimelshein 2018); argmax for greedy ----
+        m = tl.full([], float("-inf"), tl.float32)
+        s = tl.zeros([], tl.float32)
+        best = tl.zeros([], tl.int32)
+        for start in range(0, V, BLOCK):
+            idx = start + offs
+            mask = idx < V
+            z = tl.load(base + idx, mask=mask, other=float("-inf")).to(tl.float32)
+            if not GREEDY:
+                z = tl.math.div_rn(z, temperature)
+            blk_max = tl.max(z, axis=0)
+            if GREEDY:
+                best = tl.where(blk_max > m, start + tl.argmax(z, axis=0), best)  # strict: keep the first max
+            m_new = tl.maximum(m, blk_max)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block of -inf logits must not give NaN
+            s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(z - m_safe), axis=0)
+            m = m_new
+        log_s = tl.log(s)
+
+        if GREEDY:
+            tl.store(tok_ptr + row, best.to(tl.int64))
+            tl.store(lp_ptr + row, -log_s)  # z[best] - m - log(s) with z[best] = m
+        else:
+            inv_s = 1.0 / s
+            tau = tl.zeros([], tl.int32)  # bit pattern of the threshold; 0 = keep every token
+            mass = s * inv_s  # nucleus mass; the whole vocabulary unless top-p truncates
+            if TOP_P:
+                # ---- passes 2..11: search tau on the integer bit pattern, 8 thresholds per pass ----
+                kk = tl.arange(0, NT)  # (NT,)
+                lo = tl.zeros([], tl.int64)  # mass(lo) >= top_p (lo = 0: "all tokens", true by definition)
+                hi = tl.full([], ONE_BITS + 1, tl.int64)  # mass(hi) = 0 < top_p
+                for _ in range(SEARCH_PASSES):
+                    t = lo + (kk.to(tl.int64) * (hi - lo)) // NT  # (NT,) t[0] = lo, increasing
+                    t32 = t.to(tl.int32)
+                    masses = tl.zeros([NT], tl.float32)  # (NT,) mass(t_k)
+                    for start in range(0, V, BLOCK):
+                        idx = start + offs
+                        p = _probs(base, idx, idx < V, temperature, m, inv_s)  # (BLOCK,)
+                        keep = p.to(tl.int32, bitcast=True)[:, None] >= t32[None, :]  # (BLOCK, NT)
+                        masses += tl.sum(tl.where(keep, p[:, None], 0.0), axis=0)
+                    ok = masses >= top_p  # (NT,) true on a prefix (mass falls as t grows)
+                    j = tl.max(tl.where(ok, kk, 0), axis=0)  # last threshold still >= top_p (0 if none)
+                    hi = tl.min(tl.where(ok, hi, t), axis=0)  # first threshold below top_p
+                    lo = tl.sum(tl.where(kk == j, t, 0), axis=0)
+                    mass = tl.sum(tl.where(kk == j, masses, 0.0), axis=0)
+                tau = lo.to(tl.int32)  # hi == lo + 1 now: tau = lo exactly (ties at tau included)
+
+            # ---- last pass: inverse-CDF draw over the nucleus in vocabulary order ----
+            target = tl.load(u_ptr + row).to(tl.float32) * mass
+            running = tl.zeros([], tl.float32)  # running sum of nucleus probabilities before this block
+            token = tl.full([], BIG, tl.int32)
+            last = tl.full([], -1, tl.int32)  # last nucleus token with p > 0 (fallback for rounding)
+            for start in range(0, V, BLOCK):
+                idx = start + offs
+                mask = idx < V
+                p = _probs(base, idx, mask, temperature, m, inv_s)
+                w = tl.where(p.to(tl.int32, bitcast=True) >= tau, p, 0.0)  # (BLOCK,) nucleus probabilities
+                c = running + tl.cumsum(w, axis=0)  # (BLOCK,) running sum, inclusive
+                token = tl.minimum(token, tl.min(tl.where((c > target) & mask, idx, BIG), axis=0))
+                last = tl.maximum(last, tl.max(tl.where(w > 0, idx, -1), axis=0))
+                running = tl.max(c, axis=0)  # c never decreases: its max is its last value
+            token = tl.where(token == BIG, tl.maximum(last, 0), token)
+            z_tok = tl.math.div_rn(tl.load(base + token).to(tl.float32), temperature)
+            tl.store(tok_ptr + row, token.to(tl.int64))
+            tl.store(lp_ptr + row, z_tok - m - log_s)  # log_softmax at the token, full distribution
+
+
+def sample_triton(logits, temperature, top_p, u):
+    """Same contract as sample_ref. Rows may be strided (e.g. logits[:, -1, :]); the vocabulary dimension
+    must have stride 1, else the wrapper copies."""
+    _check_inputs(logits, temperature, top_p, u)
+    check_triton_device(logits, u)
+    B, V = logits.shape
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    u = u.float().contiguous()
+    tokens = torch.empty(B, dtype=torch.int64, device=logits.device)
+    logprobs = torch.empty(B, dtype=torch.float32, device=logits.device)
+    if B == 0:
+        return tokens, logprobs
+    block = min(MAX_BLOCK, triton.next_power_of_2(V))
+    greedy = temperature == 0
+    _sample_kernel[(B,)](logits, logits.stride(0), u, tokens, logprobs, V,
+                         1.0 if greedy else float(temperature), float(top_p),
+                         GREEDY=greedy, TOP_P=(not greedy) and top_p < 1, BLOCK=block,
+                         NT=NT, SEARCH_PASSES=SEARCH_PASSES, ONE_BITS=ONE_BITS,
+                         num_warps=8 if block >= 1024 else 4)
+    return tokens, logprobs

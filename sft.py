@@ -1,0 +1,260 @@
+"""Supervised fine-tuning on (prompt, response) pairs: the paper's long-CoT / short-CoT SFT stage.
+
+    python sft.py                                  # tiny model, classroom task, long CoT, a few CPU minutes
+    python sft.py --cot short                      # the same with short CoT traces
+    python sft.py --model qwen-math-7b --data sft_long.jsonl --out runs/sft-7b   # a real run (GPU)
+    torchrun --standalone --nproc_per_node 8 sft.py --model qwen-math-7b --data sft_long.jsonl
+
+Reads top to bottom as the algorithm: data -> batches -> (loss on response tokens, AdamW, warmup + cosine)
+-> periodic held-out evaluation (sample.py + verify.py) -> checkpoint. The loss is the mean negative
+log-likelihood over all response tokens of an optimizer step (every token weighs the same, whatever its
+sequence or rank), so one process and N processes compute the same update. Writes OUT/args.json,
+OUT/metrics.jsonl and OUT/checkpoint/ (Hugging Face format + trainer state); a run restarted with the same
+--out resumes exactly (weights, optimizer, schedule, data position, RNG).
+
+Departures from the paper: the paper trains with OpenRLHF on traces distilled from QwQ-32B-Preview (long)
+and Qwen2.5-Math-72B-Instruct (short), 2-3 epochs, lr 5e-6 (7B); the classroom defaults here are sized for
+a 0.8M-parameter character-level model on a CPU. Length-bucketed padded batches instead of packing.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import torch
+
+import dist
+import model as M
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="SFT on (prompt, response) JSONL or the classroom task")
+    a = ap.add_argument
+    a("--model", default="tiny", help="alias, HF dir or hub id to start from")
+    a("--data", default="classroom", help="'classroom' or a JSONL with prompt/response per line")
+    a("--cot", default="long", choices=["long", "short"], help="classroom traces: long or short CoT")
+    a("--n-train", type=int, default=4000, help="classroom training problems")
+    a("--eval-data", default="classroom", help="'classroom', a benchmark name (data.py) or a JSONL of problems")
+    a("--n-eval", type=int, default=200, help="held-out problems for the periodic evaluation")
+    a("--out", default="runs/sft", help="run directory: args, metrics, checkpoint (resumed if present)")
+    a("--epochs", type=float, default=3.0, help="passes over the data (paper: 2-3)")
+    a("--batch-size", type=int, default=32, help="sequences per optimizer step, over all ranks")
+    a("--micro-batch-size", type=int, default=16, help="sequences per forward/backward (memory)")
+    a("--lr", type=float, default=3e-3, help="peak lr (tiny model; the paper's 7B SFT uses ~5e-6)")
+    a("--min-lr-ratio", type=float, default=0.1, help="cosine decays to lr * this")
+    a("--warmup", type=float, default=0.05, help="fraction of steps of linear warmup")
+    a("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    a("--grad-clip", type=float, default=1.0, help="max global gradient norm")
+    a("--max-len", type=int, default=1024, help="prompt + response tokens kept per example")
+    a("--eval-every", type=int, default=0, help="steps between evaluations (0: only at the end)")
+    a("--save-every", type=int, default=100, help="steps between checkpoints")
+    a("--eval-max-new-tokens", type=int, default=400, help="sampling budget at evaluation")
+    a("--eval-temperature", type=float, default=0.7, help="paper's evaluation temperature")
+    a("--eval-top-p", type=float, default=0.95, help="paper's evaluation top-p")
+    a("--seed", type=int, default=0, help="data order, init of the tiny model, sampling")
+    a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
+    a("--grad-ckpt", action="store_true", help="gradient checkpointing (memory for compute)")
+    a("--max-steps", type=int, default=0, help="stop after this many steps (0: epochs decide)")
+    a("--kill-at-step", type=int, default=0, help="testing: SIGKILL this process after that step")
+    return ap.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data: tokenise, bucket by length, pad
+# ----------------------------------------------------------------------------------------------------
+def tokenize(rows, tok, eos_id, max_len):
+    """[(ids, n_prompt)]: prompt tokens then response tokens + EOS, cut to max_len."""
+    from sample import encode_prompt
+    out = []
+    for r in rows:
+        p = encode_prompt(tok, r["prompt"])
+        resp = tok(r["response"], add_special_tokens=False)["input_ids"] + [eos_id]
+        out.append(((p + resp)[:max_len], len(p)))
+    return out
+
+
+def batch_plan(lengths, micro, seed, epoch):
+    """Length-bucketed micro-batches for one epoch: shuffle, sort within windows of 50 micro-batches so each
+    micro-batch has similar lengths (little padding), then shuffle the micro-batches. Deterministic in
+    (seed, epoch), which is what makes resuming at a data position exact."""
+    rng = random.Random(seed * 1000003 + epoch)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    window = micro * 50
+    batches = []
+    for s in range(0, len(idx), window):
+        chunk = sorted(idx[s:s + window], key=lambda i: lengths[i])
+        batches += [chunk[j:j + micro] for j in range(0, len(chunk), micro)]
+    rng.shuffle(batches)
+    return [b for b in batches if len(b) == micro]  # equal-size micro-batches: every rank does the same work
+
+
+def collate(examples, pad_id, device):
+    """Right-padded (B, T) ids, attention mask, next-token labels and the response-token loss mask."""
+    T = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    loss_mask = torch.zeros(len(examples), T, dtype=torch.float32)
+    for b, (x, n_prompt) in enumerate(examples):
+        ids[b, :len(x)] = torch.tensor(x)
+        attn[b, :len(x)] = 1
+        loss_mask[b, n_prompt - 1:len(x) - 1] = 1  # position t predicts token t+1: response tokens only
+    labels = torch.roll(ids, -1, dims=1)  # (B, T) labels[t] = ids[t+1] (last column is masked out)
+    return ids.to(device), attn.to(device), labels.to(device), loss_mask.to(device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loss and schedule
+# ----------------------------------------------------------------------------------------------------
+def sft_loss(model, ids, attn, labels, loss_mask, n_tokens):
+    """Sum of response-token NLL / n_tokens (the response tokens of the whole optimizer step on all ranks).
+    Returns (loss, metrics)."""
+    out = model(ids, attention_mask=attn, labels=labels)
+    nll = -(out.logprobs * loss_mask).sum()  # (B, T) -> scalar
+    return nll / n_tokens, {"nll_sum": nll.item(), "tokens": loss_mask.sum().item()}
+
+
+def lr_at(step, total, peak, warmup_steps, min_ratio):
+    """Linear warmup to `peak`, then cosine decay to peak * min_ratio (step counts from 0)."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    prog = (step - warmup_steps) / max(1, total - warmup_steps)
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0))))
+
+
+def load_train_rows(args, tok):
+    import data
+    if args.data == "classroom":
+        return data.sft_rows(data.classroom(args.n_train, seed=args.seed, split="train"), cot=args.cot, tokenizer=tok)
+    return data.load_jsonl(args.data, required=("prompt", "response"))
+
+
+def load_eval_rows(args):
+    import data
+    if args.eval_data == "classroom":
+        return data.classroom(args.n_eval, seed=args.seed + 1, split="test")
+    if os.path.exists(args.eval_data):
+        return data.load_jsonl(args.eval_data)[:args.n_eval]
+    return data.load_benchmark(args.eval_data)[:args.n_eval]
+
+
+def run_eval(args, model, tok, rows, step, dtype):
+    """Held-out accuracy and length from a plain copy of the weights (FSDP-safe: no collectives inside)."""
+    from eval import evaluate
+    from sample import decode_copy
+    net = decode_copy(model, dist.full_state_dict(model, rank0_only=False), dtype=dtype) if dist.world() > 1 else model
+    metrics, _ = evaluate(net, tok, rows, temperature=args.eval_temperature, top_p=args.eval_top_p,
+                          max_new_tokens=args.eval_max_new_tokens, seed=args.seed + step, batch_size=64)
+    return metrics
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = dist.init()
+    dtype = torch.bfloat16 if (args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")) else torch.float32
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    if rank == 0:
+        with open(os.path.join(args.out, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+
+    # model: fp32 master weights; bf16 compute via FSDP's mixed precision or autocast
+    model, tok = M.load(args.model, dtype=torch.float32, device=device, seed=args.seed)
+    model.gradient_checkpointing = args.grad_ckpt
+    model = dist.shard(model, param_dtype=dtype)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
+
+    # data
+    examples = tokenize(load_train_rows(args, tok), tok, model.cfg.eos_token_id, args.max_len)
+    eval_rows = load_eval_rows(args)
+    micro_per_step = args.batch_size // args.micro_batch_size
+    if args.batch_size % (args.micro_batch_size * world):
+        raise ValueError(f"--batch-size {args.batch_size} must be a multiple of --micro-batch-size x ranks "
+                         f"({args.micro_batch_size} x {world})")
+    steps_per_epoch = len(batch_plan([len(e[0]) for e in examples], args.micro_batch_size, args.seed, 0)) // micro_per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(examples)} examples are fewer than one batch of {args.batch_size}")
+    total = int(args.epochs * steps_per_epoch)
+    if args.max_steps:
+        total = min(total, args.max_steps)
+    warmup = max(1, int(args.warmup * total))
+
+    step = 0
+    ckpt = os.path.join(args.out, "checkpoint")
+    if os.path.exists(os.path.join(ckpt, "trainer_state.pt")):
+        step = dist.load_checkpoint(ckpt, {"model": model}, {"model": opt})["step"]
+        dist.print0(f"resumed from {ckpt} at step {step}")
+    metrics_f = open(os.path.join(args.out, "metrics.jsonl"), "a") if rank == 0 else None
+    log = lambda row: metrics_f and (metrics_f.write(json.dumps(row) + "\n"), metrics_f.flush())  # noqa: E731
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and world == 1 and \
+        dtype == torch.bfloat16 else torch.autocast("cpu", enabled=False)
+    lengths = [len(e[0]) for e in examples]
+    bar = None
+    if rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=step, desc="sft", dynamic_ncols=True)
+    t_last, tok_count = time.time(), 0
+
+    while step < total:
+        # ---- the micro-batches of this step (data position = step) ----
+        epoch, k = divmod(step, steps_per_epoch)
+        plan = batch_plan(lengths, args.micro_batch_size, args.seed, epoch)
+        micro = plan[k * micro_per_step:(k + 1) * micro_per_step]
+        n_tokens = max(1, sum(max(0, len(examples[i][0]) - examples[i][1]) for mb in micro for i in mb))
+        lr = lr_at(step, total, args.lr, warmup, args.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        # ---- forward/backward on this rank's share; FSDP averages grads over ranks, hence * world ----
+        model.train()
+        nll = 0.0
+        for mb in micro[rank::world]:
+            ids, attn, labels, mask = collate([examples[i] for i in mb], tok.pad_token_id, device)
+            with autocast:
+                loss, m = sft_loss(model, ids, attn, labels, mask, n_tokens)
+            (loss * world).backward()
+            nll += m["nll_sum"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise RuntimeError(f"step {step}: non-finite gradient norm ({grad_norm}); weights left unchanged")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        # ---- log ----
+        loss_val = dist.sum_tensor(torch.tensor([nll], dtype=torch.float64)).item() / n_tokens
+        tok_count += n_tokens
+        now = time.time()
+        row = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm), "epoch": step / steps_per_epoch,
+               "tokens_per_s": tok_count / max(now - t_last, 1e-9)}
+        log(row)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if args.kill_at_step and step == args.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)  # a crash, for the resume test: no cleanup, no final save
+        if (args.eval_every and step % args.eval_every == 0) and step < total:
+            ev = run_eval(args, model, tok, eval_rows, step, dtype)
+            log({"step": step, **{f"eval/{k}": v for k, v in ev.items()}})
+            dist.print0(f"\nstep {step}: held-out accuracy {ev['accuracy']:.3f}, mean length {ev['mean_length']:.0f}")
+        if step % args.save_every == 0 or step == total:
+            dist.save_checkpoint(ckpt, {"model": model}, {"model": opt}, tok, {"step": step})
+        t_last, tok_count = time.time(), 0
+    if bar:
+        bar.close()
+
+    ev = run_eval(args, model, tok, eval_rows, step, dtype)
+    log({"step": step, **{f"eval/{k}": v for k, v in ev.items()}})
+    dist.print0(f"checkpoint: {ckpt} (loadable with model.load)")
+    dist.print0(f"held-out accuracy {ev['accuracy']:.2f} (n={ev['n']}), mean response length {ev['mean_length']:.0f} tokens")
+    dist.cleanup()
+    return ev
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

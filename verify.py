@@ -1,0 +1,1149 @@
+r"""Rule-based answer verifier: the RL reward (and the eval metric) of longcot.
+
+What it does
+    extract_answer(text)            the final answer of a response: last \boxed{...}/\fbox{...},
+                                    else "the answer is ...", else the final $...$ (None if none)
+    grade(text, gold, kind)         Grade(correct, reason, extracted); never raises
+    is_correct(text, gold, kind)    grade(...).correct
+    grade_batch(texts, golds, kinds, workers, timeout)
+                                    the same on worker processes, with a per-item time limit
+    kinds: "math" (MATH-style LaTeX), "choice" (MMLU-Pro letters A-J) and the TheoremQA answer
+    types "integer", "float", "bool", "list" ("list of integer", "list of float"), "option".
+
+How to run
+    python verify.py --text 'so the answer is $\boxed{\frac12}$.' --gold 0.5
+    python -m pytest -q tests/test_verify.py        python bench/bench_verify.py
+
+Safety. Model text is never executed: there is no eval/exec/sympify/parse_expr/parse_latex here.
+A small recursive-descent parser reads a whitelisted subset of LaTeX/plain math and builds sympy
+objects directly. Everything that can blow up (powers, factorials, long literals, deep nesting) is
+size-checked before sympy sees it, so `is_correct` alone stays bounded; `grade_batch` adds a hard
+per-item timeout on top (a worker that overruns is killed and replaced).
+
+How equality works (math kind): normalise both strings (MATH conventions: \dfrac, \left, units,
+degrees, %, \$, thousands separators, ...); equal strings -> correct; both plain numbers -> exact
+rational comparison; otherwise parse into values (number/expression, tuple or interval, set or
+list of solutions, union, matrix, equation, text) and compare structurally, with sympy for the
+scalars (exact for rationals, 50-digit numerics for irrational constants, random-point identity
+testing for expressions with variables).
+
+Departures from the paper: Yeo et al. (2025) reward correctness with a rule-based checker in their
+OpenRLHF fork; this one is written from scratch. It is strict for MATH (exact equality, no numeric
+tolerance between a decimal and an irrational), it refuses to evaluate anything oversized instead of
+relying on a timeout alone, and TheoremQA floats use a 1% relative tolerance (see _float_ok).
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import math
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass, fields
+from fractions import Fraction
+from functools import lru_cache
+from typing import NamedTuple
+
+import sympy as sp
+
+
+@dataclass
+class Args:  # the CLI: python verify.py --text ... --gold ... --kind ...
+    text: str = r"... so the answer is $\boxed{\frac12}$."  # the model response to grade
+    gold: str = "0.5"  # the gold answer (MATH-style LaTeX, not boxed)
+    kind: str = "math"  # answer type: math, choice, integer, float, bool, list, option
+
+
+MAX_ANSWER_CHARS = 2000  # longer extracted answers are only compared as raw strings (no MATH gold is >300)
+MAX_DIGITS = 20000  # largest exact number we let sympy build (2^4950 in MATH train has 1490 digits)
+MAX_DEPTH = 60  # parser nesting limit (keeps Python recursion far from its limit)
+NUMERIC_DPS = 50  # digits for numeric evaluation of irrational constants
+NUMERIC_RTOL = 1e-30  # relative tolerance at 50 digits: absorbs evaluation rounding, nothing else
+FLOAT_RTOL = 1e-2  # TheoremQA "float": 1% relative, see _float_ok
+DEFAULT_TIMEOUT = 5.0  # seconds per item in grade_batch
+
+
+class Grade(NamedTuple):
+    correct: bool  # does the final answer equal the gold answer?
+    reason: str  # short machine-readable why: "equal", "mismatch", "no answer", "timeout", ...
+    extracted: str | None  # the final answer found in the response (None if none)
+
+
+class _Refuse(Exception):
+    """Input outside what we are willing to parse or evaluate (too big, unknown token, ...)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Extraction
+# ----------------------------------------------------------------------------------------------
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
+_BRACE_RE = re.compile(r"\\.|[{}]", re.S)
+_ANSWER_IS_RE = re.compile(r"(?i)\banswer(?:\s+is\s*:?|\s*:)[ \t]*")
+_DELIM_RE = re.compile(r"\\\$|\$\$|\$|\\\[|\\\]|\\\(|\\\)")
+_CLOSER = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
+
+
+def _brace_group(s: str, i: int) -> int:
+    """s[i] == '{': index just past its matching '}' (escaped \{ \} ignored), or -1 if unbalanced."""
+    depth = 0
+    for m in _BRACE_RE.finditer(s, i):
+        c = m.group()
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return m.end()
+    return -1
+
+
+def _last_boxed(text: str) -> str | None:
+    starts = [m.end() for m in _BOX_RE.finditer(text)]
+    for j in reversed(starts[-3:]):  # the last complete box; at most 3 tries keeps a 1 MB input linear
+        k = j
+        while k < len(text) and text[k] in " \t":
+            k += 1
+        if k < len(text) and text[k] == "{":
+            end = _brace_group(text, k)
+            if end != -1:
+                return text[k + 1:end - 1].strip()
+        elif k > j:  # "\boxed 5": one space-delimited token
+            m = re.match(r"[^\s$]+", text[k:k + 200])
+            if m:
+                return m.group()
+    return None
+
+
+def _math_segments(text: str):
+    """The contents of complete $...$, $$...$$, \\[...\\], \\(...\\) segments, in order (one linear scan)."""
+    opener, start = None, 0
+    for m in _DELIM_RE.finditer(text):
+        d = m.group()
+        if d == "\\$":  # an escaped dollar sign is text
+            continue
+        if opener is None:
+            if d in _CLOSER:
+                opener, start = d, m.end()
+        elif d == _CLOSER[opener]:
+            yield text[start:m.start()].strip()
+            opener = None
+
+
+def _last_math(text: str) -> str | None:
+    last = None
+    for last in _math_segments(text):
+        pass
+    return last
+
+
+def extract_answer(text: str) -> str | None:
+    r"""The final answer of a response: the last \boxed{} / \fbox{} (nested braces, or "\boxed 5"),
+    else what follows the last "the answer is" / "answer:" on its line, else the final $...$."""
+    if not isinstance(text, str):
+        return None
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed
+    last = None
+    for last in _ANSWER_IS_RE.finditer(text):
+        pass
+    if last is not None:
+        rest = text[last.end():last.end() + 1000].lstrip()
+        line = rest if rest.startswith(tuple(_CLOSER)) else rest.split("\n", 1)[0]
+        inner = next(_math_segments(line), None)
+        ans = (inner if inner is not None else line).strip().strip("*").strip()
+        ans = re.sub(r"[.\s]+$", "", ans)
+        if ans:
+            return ans
+    return _last_math(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Normalisation (MATH conventions) -> (canonical string, had a percent sign)
+# ----------------------------------------------------------------------------------------------
+_UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": r"\times ", "\u00b7": r"\cdot ", "\u00f7": r"\div ",
+            "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u221a": r"\sqrt", "\u2264": r"\le ", "\u2265": r"\ge ",
+            "\u00b0": r"^\circ", "\u00a0": " ", "\u222a": r"\cup "}
+_TEXT_RE = re.compile(r"\\(?:text|textbf|textit|textnormal|textrm|mbox|mathrm|mathbf|mathit|boldsymbol|"
+                      r"operatorname|emph)\s*\{([^{}]*)\}(\^\{?\d\}?)?")
+_DROP_RE = re.compile(r"\\(?:left|right)[.]|\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle)(?![a-zA-Z])")
+_SPACE_RE = re.compile(r"\\[,;:> ]|\\q?quad(?![a-zA-Z])|~")
+_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree")
+_UNIT_WORDS = {"cm", "mm", "km", "m", "ft", "in", "yd", "mi", "kg", "g", "mg", "lb", "lbs", "oz", "s", "ms",
+               "h", "hr", "hrs", "min", "sec", "l", "ml", "mph", "cc", "sq", "cu", "m/s", "km/h"}
+_UNIT_TAIL_RE = re.compile(r"(?<=[\d}).])\s+([a-zA-Z/]+\.?(?:\s+[a-zA-Z/]+\.?)*)\s*(?:\^\{?\d\}?)?\s*$")
+
+
+def _drop_text(s: str) -> str:
+    r"""\text{..}-like wrappers: units after a value are dropped ("5\text{ cm}" -> "5"), connectives
+    become commas ("1 \text{ or } 2" -> "1,2"), anything else is unwrapped ("\text{(C)}" -> "(C)")."""
+    for _ in range(50):
+        m = _TEXT_RE.search(s)
+        if m is None:
+            break
+        content, before = m.group(1), s[:m.start()].strip()
+        if content.strip(" ,").lower() in ("and", "or", ""):
+            repl = "," if content.strip() else ""
+        elif before and re.search(r"[\d}).]$", before) and re.fullmatch(r"[\sa-zA-Z.,/]*", content):
+            repl = ""  # a unit (and its ^2 / ^3)
+        else:
+            repl = content + (m.group(2) or "")
+        s = s[:m.start()] + " " + repl + " " + s[m.end():]
+    return s
+
+
+@lru_cache(maxsize=16384)
+def _normalize(s: str) -> tuple[str, bool]:
+    """MATH-style answer -> (canonical string, had a percent sign). Pure string work, linear time."""
+    s = s.strip()
+    if len(s) > MAX_ANSWER_CHARS:
+        return s, False
+    for k, v in _UNICODE.items():
+        s = s.replace(k, v)
+    s = _DROP_RE.sub("", s)
+    s = s.replace(r"\!", "").replace("{,}", ",")
+    s = _SPACE_RE.sub(" ", s)
+    s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
+    s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
+    s = re.sub(r"\\phantom\s*(?:\{[^{}]*\}|.)", "", s)
+    s = _DEGREE_RE.sub("", s)
+    pct = "%" in s
+    s = s.replace(r"\%", "").replace("%", "").replace(r"\$", "").replace("$", "")
+    s = _drop_text(s)
+    s = re.sub(r"(?i)\s+(?:and|or)\s+", ",", s)
+    s = re.sub(r"^\s*(?:\\approx|\\therefore|=)\s*", "", s)
+    s = re.sub(r"^\s*[a-zA-Z]\s*\\in(?![a-zA-Z])\s*", "", s)
+    m = _UNIT_TAIL_RE.search(s)
+    if m and all(w.lower().rstrip(".") in _UNIT_WORDS or len(w) >= 3 for w in m.group(1).split()):
+        s = s[:m.start()]
+    # keep the one space that separates a command from a following letter (\sin x), drop the rest
+    s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", "\\1\x00", s)
+    s = re.sub(r"\s+", "", s).replace("\x00", " ")
+    s = re.sub(r",+", ",", s).strip(",")
+    s = re.sub(r"[.,;]+$", "", s)
+    s = re.sub(r"_\{(\w+)\}", r"_\1", s)
+    s = re.sub(r"\^\{(\w)\}", r"^\1", s)
+    if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # 1,000 -> 1000, but (1,2) is a tuple
+        s = s.replace(",", "")
+    m = re.fullmatch(r"\(([A-Za-z])\)|([A-Z])\)", s)  # (C) -> C
+    if m:
+        s = m.group(1) or m.group(2)
+    return s, pct
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Parsing: our own recursive descent over whitelisted tokens -> sympy objects (no eval)
+# ----------------------------------------------------------------------------------------------
+_TOKEN_RE = re.compile(r"(?P<num>\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|(?P<cmd>\\[a-zA-Z]+|\\[{}|])"
+                       r"|(?P<word>[a-zA-Z]+)|(?P<op>[-+*/^_()\[\]{},!|=])|(?P<sp>\s+)")
+_FUNCS = {"sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "cot": sp.cot, "sec": sp.sec, "csc": sp.csc,
+          "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan, "sinh": sp.sinh, "cosh": sp.cosh,
+          "tanh": sp.tanh, "log": sp.log, "ln": sp.log, "exp": sp.exp}
+_INVERSE = {"sin": sp.asin, "cos": sp.acos, "tan": sp.atan}
+_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta",
+          "iota", "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "phi", "varphi", "chi", "psi",
+          "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega"}
+_ATOM_CMDS = {"frac", "sqrt", "binom", "pi", "infty", "lfloor", "lceil", "imath"} | _GREEK
+_MAX_BITS = int(MAX_DIGITS * 3.33)
+
+
+def _tokenize(s: str) -> list[tuple[str, str]]:
+    toks, i = [], 0
+    while i < len(s):
+        m = _TOKEN_RE.match(s, i)
+        if m is None:
+            raise _Refuse(f"unexpected character {s[i]!r}")
+        if m.lastgroup != "sp":
+            toks.append((m.lastgroup, m.group()))
+        i = m.end()
+    return toks
+
+
+def _check(x):
+    """Refuse oversized exact numbers (also as the coefficient of an expression)."""
+    c = x.as_coeff_Mul()[0] if isinstance(x, sp.Basic) else x
+    if isinstance(c, sp.Rational) and (int(c.p).bit_length() > _MAX_BITS or int(c.q).bit_length() > _MAX_BITS):
+        raise _Refuse("number too large")
+    return x
+
+
+def _height(x) -> float:
+    """log10 of the largest integer appearing in a numeric sympy expression (>= 1 for pi, sqrt, ...)."""
+    h = 1.0
+    for a in x.atoms(sp.Rational):
+        h = max(h, math.log10(max(abs(int(a.p)), int(a.q), 10)))
+    return h
+
+
+def _pow(b, e):
+    if e.is_Rational and b.is_number and b not in (sp.S.Zero, sp.S.One, sp.S.NegativeOne):
+        if abs(float(e)) * _height(b) > MAX_DIGITS:  # e.g. 9^{9^{9^9}}, 10^{10^{10}}: refuse before computing
+            raise _Refuse("power too large")
+    if e.is_Rational and not b.is_number and abs(e) > 10 ** 6:
+        raise _Refuse("exponent too large")
+    return _check(sp.Pow(b, e))
+
+
+def _factorial(n):
+    if n.is_number:
+        if not (n.is_Integer and 0 <= n <= 2000):
+            raise _Refuse("factorial too large")
+        return sp.factorial(n)
+    return sp.factorial(n)
+
+
+def _number(t: str):
+    mant, _, exp = t.lower().partition("e")
+    if len(mant) > 1000 or (exp and abs(int(exp)) > 1000):
+        raise _Refuse("literal too large")
+    f = Fraction(t)  # exact: 0.1 is 1/10, so decimals and fractions compare exactly
+    return sp.Rational(f.numerator, f.denominator)
+
+
+class _Parser:
+    """expr := term (('+'|'-') term)* ; term := unary (('*'|'/'|\\cdot|\\times|\\div) unary | power)* ;
+    unary := ('-'|'+') unary | power ; power := primary '!'* ('^' exponent)? ;
+    primary := number | letter | (expr) | {expr} | |expr| | \\frac A B | \\sqrt[n]{A} | \\binom A B |
+               \\pi | \\infty | greek | func [^p] arg | \\lfloor expr \\rfloor | \\lceil expr \\rceil"""
+
+    def __init__(self, s: str):
+        self.toks, self.i, self.depth = _tokenize(s), 0, 0
+
+    def peek(self) -> tuple[str, str]:
+        return self.toks[self.i] if self.i < len(self.toks) else ("end", "")
+
+    def take(self) -> tuple[str, str]:
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def expect(self, t: str):
+        if self.take()[1] != t:
+            raise _Refuse(f"expected {t!r}")
+
+    def parse(self):
+        e = self.expr()
+        if self.i != len(self.toks):
+            raise _Refuse(f"unexpected {self.peek()[1]!r}")
+        return e
+
+    def expr(self):
+        x = self.term()
+        while self.peek()[1] in ("+", "-"):
+            op = self.take()[1]
+            y = self.term()
+            x = _check(sp.Add(x, y if op == "+" else -y))
+        return x
+
+    def starts_atom(self, funcs: bool = True) -> bool:
+        k, t = self.peek()
+        if k == "num" or t in ("(", "{"):
+            return True
+        if k == "word":
+            return funcs or t not in _FUNCS and t != "sqrt"
+        return k == "cmd" and (t[1:] in _ATOM_CMDS or funcs and t[1:] in _FUNCS)
+
+    def term(self):
+        x = self.unary()
+        while True:
+            t = self.peek()[1]
+            if t in ("*", r"\cdot", r"\times"):
+                self.take()
+                x = _check(sp.Mul(x, self.unary()))
+            elif t in ("/", r"\div"):
+                self.take()
+                x = _check(sp.Mul(x, _pow(self.unary(), sp.S.NegativeOne)))
+            elif self.starts_atom():  # implicit product: 2x, 2\pi, (a+5)(b+2)
+                x = _check(sp.Mul(x, self.power()))
+            else:
+                return x
+
+    def unary(self):
+        self.enter()
+        t = self.peek()[1]
+        if t in ("-", "+"):
+            self.take()
+            x = self.unary()
+            x = -x if t == "-" else x
+        else:
+            x = self.power()
+        self.depth -= 1
+        return x
+
+    def enter(self):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Refuse("nested too deeply")
+
+    def power(self):
+        x = self.primary()
+        while self.peek()[1] == "!":
+            self.take()
+            x = _factorial(x)
+        if self.peek()[1] == "^":
+            self.take()
+            x = _pow(x, self.exponent())
+        return x
+
+    def exponent(self):
+        k, t = self.peek()
+        if t == "{":
+            return self.group("{", "}")
+        if t in ("-", "+"):
+            self.take()
+            e = self.exponent()
+            return -e if t == "-" else e
+        if k == "num":  # x^23 is x^{23} here (plain-text habit); LaTeX purists brace it anyway
+            self.take()
+            return _number(t)
+        if k == "word":
+            return self.one_char()
+        return self.primary()
+
+    def group(self, open_: str, close: str):
+        self.expect(open_)
+        e = self.expr()
+        self.expect(close)
+        return e
+
+    def one_char(self):
+        """LaTeX single-token argument: \\frac12 -> 1, 2 ; \\sqrt2 ; \\frac ab."""
+        k, t = self.take()
+        if len(t) > 1:
+            self.i -= 1
+            self.toks[self.i] = (k, t[1:])
+        return _number(t[0]) if k == "num" else self.letter(t[0])
+
+    def arg(self):
+        k, t = self.peek()
+        if t == "{":
+            return self.group("{", "}")
+        if k in ("num", "word"):
+            return self.one_char()
+        if k == "cmd":
+            self.take()
+            return self.command(t[1:])
+        raise _Refuse("missing argument")
+
+    def letter(self, c: str):
+        name = c
+        if self.peek()[1] == "_":  # x_1, a_{n}
+            self.take()
+            k, t = self.peek()
+            if t == "{":
+                j = self.i + 1
+                while j < len(self.toks) and self.toks[j][1] != "}":
+                    j += 1
+                name += "_" + "".join(t for _, t in self.toks[self.i + 1:j])
+                self.i = j + 1
+            elif k in ("num", "word"):
+                self.take()
+                name += "_" + t
+            else:
+                raise _Refuse("bad subscript")
+            return sp.Symbol(name)
+        return {"i": sp.I, "e": sp.E}.get(c) or sp.Symbol(c)
+
+    def primary(self):
+        self.enter()
+        k, t = self.take()
+        if k == "num":
+            x = _number(t)
+            if re.fullmatch(r"\d+", t) and self.peek()[1] == r"\frac":  # mixed number 1\frac{4}{5} = 9/5
+                self.take()
+                a, b = self.arg(), self.arg()
+                proper = a.is_Integer and b.is_Integer and 0 < a < b
+                x = _check(x + a / b if proper else x * a * _pow(b, sp.S.NegativeOne))
+        elif k == "word":
+            if t in _FUNCS or t == "sqrt":
+                x = self.command(t)
+            elif t in ("pi", "inf", "infty", "infinity"):
+                x = sp.pi if t == "pi" else sp.oo
+            elif len(t) <= 2:  # "xy" is x*y; longer words are text, not algebra
+                self.i -= 1
+                x = self.one_char()
+            else:
+                raise _Refuse(f"word {t!r}")
+        elif t == "(":
+            x = self.expr()
+            self.expect(")")
+        elif t == "{":
+            x = self.expr()
+            self.expect("}")
+        elif t == "|":
+            x = sp.Abs(self.expr())
+            self.expect("|")
+        elif k == "cmd":
+            x = self.command(t[1:])
+        else:
+            raise _Refuse(f"unexpected {t!r}")
+        self.depth -= 1
+        return x
+
+    def command(self, name: str):
+        if name == "frac":
+            a, b = self.arg(), self.arg()
+            return _check(sp.Mul(a, _pow(b, sp.S.NegativeOne)))
+        if name == "sqrt":
+            n = None
+            if self.peek()[1] == "[":
+                self.take()
+                n = self.expr()
+                self.expect("]")
+            a = self.arg()
+            return _pow(a, sp.S.Half if n is None else _pow(n, sp.S.NegativeOne))
+        if name == "binom":
+            n, r = self.arg(), self.arg()
+            if n.is_number and not (n.is_Integer and r.is_Integer and 0 <= n <= 5000):
+                raise _Refuse("binomial too large")
+            return sp.binomial(n, r)
+        if name in ("lfloor", "lceil"):
+            x = self.expr()
+            self.expect("\\r" + name[1:])
+            return sp.floor(x) if name == "lfloor" else sp.ceiling(x)
+        if name == "pi":
+            return sp.pi
+        if name == "infty":
+            return sp.oo
+        if name == "imath":
+            return sp.I
+        if name in _GREEK:
+            return sp.Symbol(name)
+        if name in _FUNCS:
+            return self.function(name)
+        raise _Refuse(f"unknown command \\{name}")
+
+    def function(self, name: str):
+        p = base = None
+        if self.peek()[1] == "^":  # \sin^2 x
+            self.take()
+            p = self.exponent()
+        if name == "log" and self.peek()[1] == "_":  # \log_2 8
+            self.take()
+            base = self.arg()
+        if self.peek()[1] in ("(", "{"):
+            a = self.group(self.peek()[1], ")" if self.peek()[1] == "(" else "}")
+        else:  # \sin 5x \cos x: the argument is the product up to the next function, + or -
+            a = self.power()
+            while self.starts_atom(funcs=False):
+                a = _check(sp.Mul(a, self.power()))
+        if p == -1 and name in _INVERSE:
+            return _INVERSE[name](a)
+        f = sp.log(a, base) if base is not None else _FUNCS[name](a)
+        return f if p is None else _pow(f, p)
+
+
+@lru_cache(maxsize=16384)
+def _parse_expr(s: str):
+    """A normalised scalar answer -> sympy expression, or None if it is not (our) algebra."""
+    if not s or len(s) > MAX_ANSWER_CHARS:
+        return None
+    try:
+        return _Parser(s).parse()
+    except (_Refuse, ValueError, TypeError, ZeroDivisionError, RecursionError, ArithmeticError):
+        return None
+
+
+# ---- answers made of several parts -------------------------------------------------------------
+def _split_top(s: str, sep: str) -> list[str]:
+    """Split at `sep` outside any ( [ { brackets (intervals like [1,2) count as bracketed)."""
+    parts, depth, last, i, n = [], 0, 0, 0, len(sep)
+    while i < len(s):
+        c = s[i]
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i) and not (sep[-1].isalpha() and s[i + n:i + n + 1].isalpha()):
+            parts.append(s[last:i])
+            last = i + n
+            i += n
+            continue
+        i += 1
+    parts.append(s[last:])
+    return parts
+
+
+def _closing(s: str, i: int) -> int:
+    """Index of the bracket that closes s[i] (any of ([{ / )]} ), or -1."""
+    depth = 0
+    for j in range(i, len(s)):
+        if s[j] in "([{":
+            depth += 1
+        elif s[j] in ")]}":
+            depth -= 1
+            if depth == 0:
+                return j
+    return -1
+
+
+_VAR_RE = re.compile(r"[a-zA-Z](?:_\w+)?|\\[a-zA-Z]+|[a-zA-Z]\([a-zA-Z]\)")
+_MATRIX_RE = re.compile(r"\\begin\{([pbvB]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.S)
+
+
+def _expand_pm(s: str) -> list[str]:
+    if r"\pm" not in s and r"\mp" not in s:
+        return [s]
+    return [s.replace(r"\pm", "+").replace(r"\mp", "-"), s.replace(r"\pm", "-").replace(r"\mp", "+")]
+
+
+def _item(s: str):
+    """One part of an answer -> value tuple:
+    ("expr", e, var) | ("eq", lhs, rhs) | ("seq", "(", "]", items) | ("set", items) | ("matrix", rows) | ("text", s)"""
+    m = _MATRIX_RE.fullmatch(s)
+    if m:
+        rows = [r for r in m.group(2).split("\\\\") if r.strip()]
+        cells = [[_item(c) for c in r.split("&")] for r in rows]
+        return ("matrix", cells) if len({len(r) for r in cells}) == 1 else ("text", s.lower())
+    if s.startswith("\\{") and s.endswith("\\}"):
+        return ("set", [_item(p) for q in _split_top(s[2:-2], ",") for p in _expand_pm(q)])
+    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _closing(s, 0) == len(s) - 1:
+        parts = _split_top(s[1:-1], ",")
+        if len(parts) > 1:
+            return ("seq", s[0], s[-1], [_item(p) for p in parts])
+    sides = _split_top(s, "=")
+    if len(sides) >= 2:
+        if _VAR_RE.fullmatch(sides[0]):  # x = 3 (or x = y = 3): keep the value, remember the name
+            rhs = _item(sides[-1])
+            return ("expr", rhs[1], sides[0]) if rhs[0] == "expr" else rhs
+        lhs, rhs = _parse_expr(sides[0]), _parse_expr(sides[1])
+        if len(sides) == 2 and lhs is not None and rhs is not None:
+            return ("eq", lhs, rhs)
+        return ("text", s.lower())
+    e = _parse_expr(s)
+    return ("expr", e, None) if e is not None else ("text", s.lower())
+
+
+@lru_cache(maxsize=16384)
+def _value(s: str):
+    r"""Normalised answer -> value: an item, a ("list", items) of comma-separated solutions,
+    or a ("union", seqs) of intervals joined by \cup."""
+    unions = _split_top(s, r"\cup")
+    if len(unions) > 1:
+        return ("union", [_item(u) for u in unions])
+    parts = [p for q in _split_top(s, ",") for p in _expand_pm(q)]
+    if len(parts) > 1:
+        return ("list", [_item(p) for p in parts])
+    return _item(s)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Comparison
+# ----------------------------------------------------------------------------------------------
+_POINTS = [(0.5719, 0.1377), (1.3142, 0.2413), (2.2917, 0.3331)]  # identity-test points: base + j*step
+
+
+def _numeric(x, subs=None):
+    """(re, im) as sympy Floats at NUMERIC_DPS digits, or None if not a finite number."""
+    if x.has(sp.oo, sp.zoo, sp.nan):
+        return None
+    v = x.evalf(NUMERIC_DPS, subs=subs)
+    re_, im_ = v.as_real_imag()
+    if not (re_.is_Number and im_.is_Number) or re_.has(sp.nan, sp.oo, sp.zoo) or im_.has(sp.nan, sp.oo, sp.zoo):
+        return None
+    return re_, im_
+
+
+def _close(a, b, subs=None) -> bool | None:
+    """|a - b| <= 1e-30 |a| numerically (None if either side does not evaluate)."""
+    va, vb = _numeric(a, subs), _numeric(b, subs)
+    if va is None or vb is None:
+        return None
+    d2 = (va[0] - vb[0]) ** 2 + (va[1] - vb[1]) ** 2
+    s2 = max(va[0] ** 2 + va[1] ** 2, vb[0] ** 2 + vb[1] ** 2)
+    return bool(d2 <= NUMERIC_RTOL ** 2 * s2)
+
+
+def _expr_equal(a, b) -> bool:
+    if a == b:
+        return True
+    if a.is_Rational and b.is_Rational:  # exact numbers that differ
+        return False
+    if a.has(sp.oo, sp.zoo, sp.nan) or b.has(sp.oo, sp.zoo, sp.nan):
+        return False  # infinities only match structurally (-oo == -oo above)
+    syms = sorted(a.free_symbols | b.free_symbols, key=str)
+    if not syms:
+        return bool(_close(a, b))
+    # identity test: two formulas agreeing at 3 generic points (to 30 digits) are the same formula
+    agree = 0
+    for base, step in _POINTS:
+        c = _close(a, b, {s: sp.Float(base + j * step, NUMERIC_DPS) for j, s in enumerate(syms)})
+        if c is False:
+            return False
+        agree += c is True
+    return agree >= 2
+
+
+def _eq_equal(l1, r1, l2, r2) -> bool:
+    """Equations are equal when (l1 - r1) = c (l2 - r2) for a constant c != 0 (same line/plane/curve)."""
+    d1, d2 = sp.Add(l1, -r1), sp.Add(l2, -r2)
+    if d1 == d2 or d1 == -d2:
+        return True
+    syms = sorted(d1.free_symbols | d2.free_symbols, key=str)
+    if not syms:
+        return False
+    ratio = None
+    for base, step in _POINTS:
+        subs = {s: sp.Float(base + j * step, NUMERIC_DPS) for j, s in enumerate(syms)}
+        v1, v2 = _numeric(d1, subs), _numeric(d2, subs)
+        if v1 is None or v2 is None or (v2[0] == 0 and v2[1] == 0):
+            return False
+        q = sp.Add(v1[0], sp.I * v1[1]) / sp.Add(v2[0], sp.I * v2[1])
+        if ratio is None:
+            if q == 0:
+                return False
+            ratio = q
+        elif not _close(q, ratio):
+            return False
+    return True
+
+
+def _scalar_equal(g, p, pct: bool) -> bool:
+    if _expr_equal(g, p):
+        return True
+    # "50\%" vs "0.5": either side may have dropped a percent sign
+    return pct and (_expr_equal(g / 100, p) or _expr_equal(g, p / 100))
+
+
+def _equal(g, p, pct: bool = False) -> bool:
+    """Gold value g vs predicted value p (tuples from _value / _item)."""
+    kg, kp = g[0], p[0]
+    if kg == "expr" and kp == "expr":
+        return _scalar_equal(g[1], p[1], pct)
+    if kg == "eq" or kp == "eq":  # y = 2x + 3 vs 2x - y + 3 = 0
+        eg = g[1:] if kg == "eq" else (sp.Symbol(g[2]), g[1]) if kg == "expr" and g[2] else None
+        ep = p[1:] if kp == "eq" else (sp.Symbol(p[2]), p[1]) if kp == "expr" and p[2] else None
+        return eg is not None and ep is not None and _eq_equal(*eg, *ep)
+    if kg == "seq" and kp == "seq":  # tuples and intervals: order and bracket types matter
+        return g[1:3] == p[1:3] and _all_equal(g[3], p[3])
+    if kg == "matrix" and kp == "matrix":
+        return len(g[1]) == len(p[1]) and all(_all_equal(a, b) for a, b in zip(g[1], p[1]))
+    if {kg, kp} == {"matrix", "seq"}:  # a vector written as (1, 2) instead of a pmatrix column
+        m, q = (g, p) if kg == "matrix" else (p, g)
+        flat = [c for row in m[1] for c in row]
+        vector = len(m[1]) == 1 or all(len(row) == 1 for row in m[1])
+        return vector and q[1:3] == ("(", ")") and _all_equal(flat, q[3])
+    if kg in ("list", "set") and kp in ("list", "set") or kg == kp == "union":  # solutions: any order
+        return _same_multiset(g[1], p[1])
+    if {kg, kp} == {"list", "seq"}:  # "1, 2" for the pair "(1, 2)": same order needed
+        lst, seq = (g, p) if kg == "list" else (p, g)
+        return seq[1:3] == ("(", ")") and _all_equal(lst[1], seq[3])
+    if kg == "union" or kp == "union":
+        u, other = (g, p) if kg == "union" else (p, g)
+        return len(u[1]) == 1 and _equal(u[1][0], other)
+    if kg == "text" and kp == "text":
+        return g[1] == p[1]
+    return False
+
+
+def _all_equal(xs, ys) -> bool:
+    return len(xs) == len(ys) and all(_equal(x, y) for x, y in zip(xs, ys))
+
+
+def _same_multiset(xs, ys) -> bool:
+    if len(xs) != len(ys) or len(xs) > 64:
+        return False
+    left = list(ys)
+    for x in xs:
+        j = next((j for j, y in enumerate(left) if _equal(x, y)), None)
+        if j is None:
+            return False
+        left.pop(j)
+    return True
+
+
+_PLAIN_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
+_FRAC_RE = re.compile(r"([-+]?)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))|([-+]?\d+)/(\d+)")
+
+
+def _plain_number(s: str) -> Fraction | None:
+    """Fast path: "-12", "0.5", "\\frac{3}{4}", "\\frac34", "3/4" -> exact Fraction; else None."""
+    if len(s) > 1000:
+        return None
+    if _PLAIN_RE.fullmatch(s):
+        return Fraction(s)
+    m = _FRAC_RE.fullmatch(s)
+    if m is None:
+        return None
+    if m.group(6) is not None:
+        num, den = int(m.group(6)), int(m.group(7))
+    else:
+        num, den = int(m.group(1) + (m.group(2) or m.group(3))), int(m.group(4) or m.group(5))
+    return Fraction(num, den) if den else None
+
+
+@lru_cache(maxsize=65536)
+def _math_equal(pred: str, gold: str, fast: bool = True) -> tuple[bool, str]:
+    """Normalised predicted vs gold MATH answer -> (equal, reason). fast=False skips the string
+    shortcut (tests use it to push every gold through the parser)."""
+    (p, p_pct), (g, g_pct) = _normalize(pred), _normalize(gold)
+    if fast and p == g:
+        return True, "equal (string)"
+    if not p:
+        return False, "empty answer"
+    if max(len(p), len(g)) > MAX_ANSWER_CHARS:
+        return False, "mismatch (too long to parse)"
+    pct = p_pct or g_pct
+    fp, fg = _plain_number(p), _plain_number(g)
+    if fp is not None and fg is not None and not pct:
+        return (fp == fg), "equal (number)" if fp == fg else "mismatch"
+    mb = re.fullmatch(r"(\w+)_(\d+)", g)  # base-n answer "204_5" given without the base
+    if mb and p == mb.group(1):
+        return True, "equal (base digits)"
+    gv, pv = _value(g), _value(p)
+    if _equal(gv, pv, pct):
+        return True, "equal (symbolic)"
+    if pv[0] == "text" and gv[0] != "text" and _parse_expr(p) is None:
+        return False, "mismatch (unparsable answer)"
+    return False, "mismatch"
+
+
+# ---- TheoremQA kinds and multiple choice ---------------------------------------------------------
+def _to_number(s: str):
+    """A numeric answer (TheoremQA) -> (sympy number, had %), or None. Units after it are ignored."""
+    n, pct = _normalize(s)
+    f = _plain_number(n)
+    if f is not None:
+        return sp.Rational(f.numerator, f.denominator), pct
+    e = _parse_expr(n)
+    if e is None or e.free_symbols:  # "5.2m/s": keep the leading number
+        m = re.match(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:(?:\\times|\\cdot|\*)10\^\{?[-+]?\d+\}?)?", n)
+        e = _parse_expr(m.group()) if m and re.match(r"[a-zA-Z\\/]", n[m.end():]) else None
+    if e is None or e.free_symbols or not e.is_number or _numeric(e) is None:
+        return None
+    return e, pct
+
+
+def _float_ok(p: float, g: float, gold: str) -> bool:
+    """TheoremQA floats: within 1% of the gold, or within the gold's own rounding (0.2 covers
+    0.2075 = what was rounded to 0.2), the latter capped at 5% so a 1-digit gold is not a wide target."""
+    m = re.fullmatch(r"\s*[-+]?\d*\.?(\d*)(?:[eE]([-+]?\d+))?\s*", gold)
+    half_ulp = 0.5 * 10.0 ** (-(len(m.group(1)) - int(m.group(2) or 0))) if m and "." in gold else 0.0
+    tol = max(FLOAT_RTOL * abs(g), min(half_ulp, 0.05 * abs(g)) if g != 0 else half_ulp)
+    return abs(p - g) <= tol
+
+
+def _number_ok(p, pct: bool, gold: str, mode: str) -> bool:
+    """mode: "integer" (exact), "float" (_float_ok) or "auto" (exact if the gold looks like an integer)."""
+    gv = _to_number(gold)
+    if gv is None:
+        return False
+    g = gv[0]
+    cands = [p, p / 100] if pct else [p]  # "25%" may mean 25 or 0.25
+    for c in cands:
+        if mode == "integer" or mode == "auto" and re.fullmatch(r"\s*[-+]?\d+\s*", gold):
+            if _expr_equal(c, g):
+                return True
+        else:
+            re_, im_ = _numeric(c) or (None, None)
+            if re_ is not None and im_ == 0 and _float_ok(float(re_), float(g), gold):
+                return True
+    return False
+
+
+def _strip_brackets(s: str) -> str:
+    s = s.strip()
+    for a, b in (("\\{", "\\}"), ("[", "]"), ("(", ")"), ("{", "}")):
+        if s.startswith(a) and s.endswith(b) and _closing(s, len(a) - 1) == len(s) - 1:
+            return s[len(a):-len(b)]
+    return s
+
+
+_LETTER_FULL = re.compile(r"\(?([A-Ja-j])\)?[.:]?")
+_LETTER_HEAD = re.compile(r"\(([A-Ja-j])\)|([A-J])(?![A-Za-z0-9])")
+
+
+def _letter(s: str | None) -> str | None:
+    if s is None:
+        return None
+    s = _drop_text(s).replace("*", "").replace("$", "").strip()
+    m = _LETTER_FULL.fullmatch(s) or _LETTER_HEAD.match(s)
+    return None if m is None else next(g for g in m.groups() if g).upper()
+
+
+def _extract_choice(text: str) -> str | None:
+    """MMLU-Pro style: \\boxed{C}, "the answer is (C)", "Answer: C", or a last line "(C)" / "C."."""
+    for cand in (_last_boxed(text), extract_answer(text)):
+        letter = _letter(cand)
+        if letter:
+            return letter
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if lines:
+        m = _LETTER_FULL.fullmatch(lines[-1].replace("*", "").strip())
+        if m and m.group(1).isupper():
+            return m.group(1)
+    return None
+
+
+_TRUE, _FALSE = {"true", "yes", "correct", "t", "y"}, {"false", "no", "incorrect", "f", "n"}
+
+
+def _to_bool(s: str | None) -> bool | None:
+    if s is None:
+        return None
+    m = re.match(r"[a-z]+", _drop_text(s).replace("*", "").strip().lower())
+    w = m.group() if m else ""
+    return True if w in _TRUE else False if w in _FALSE else None
+
+
+_KINDS = {"math": "math", "choice": "choice", "mc": "choice", "multiple_choice": "choice",
+          "integer": "integer", "int": "integer", "float": "float", "bool": "bool", "boolean": "bool",
+          "list": "list", "list of integer": "list of integer", "list of float": "list of float",
+          "option": "option"}
+
+
+def _grade(text: str, gold: str, kind: str) -> Grade:
+    if kind in ("choice", "option"):
+        letter = _extract_choice(text)
+        want = _letter(gold)
+        if letter is None:
+            return Grade(False, "no answer", None)
+        return Grade(letter == want, "equal" if letter == want else "mismatch", letter)
+    ans = extract_answer(text)
+    if ans is None:
+        return Grade(False, "no answer", None)
+    if kind == "math":
+        if gold.lstrip().startswith(("\\boxed", "\\fbox")):
+            gold = _last_boxed(gold) or gold
+        ok, why = _math_equal(ans, gold)
+        return Grade(ok, why, ans)
+    if kind == "bool":
+        p, g = _to_bool(ans), _to_bool(gold)
+        ok = p is not None and p == g
+        return Grade(ok, "equal" if ok else "mismatch", ans)
+    if kind in ("integer", "float"):
+        pv = _to_number(ans)
+        ok = pv is not None and _number_ok(pv[0], pv[1], gold, kind)
+        return Grade(ok, "equal" if ok else ("mismatch" if pv else "mismatch (not a number)"), ans)
+    # lists: same length, element by element in order
+    ps = _split_top(_strip_brackets(_normalize(ans)[0]), ",")
+    gs = [x.strip() for x in _split_top(_strip_brackets(gold), ",")]
+    pvs = [_to_number(x) for x in ps]
+    ok = len(ps) == len(gs) and all(
+        pv is not None and _number_ok(pv[0], pv[1], g, {"list of integer": "integer", "list of float": "float"}.get(kind, "auto")) for pv, g in zip(pvs, gs))
+    return Grade(ok, "equal" if ok else "mismatch", ans)
+
+
+def grade(text: str, gold: str, kind: str = "math") -> Grade:
+    """Grade one response against a gold answer. Never raises: bad input is simply not correct."""
+    if not isinstance(text, str) or not isinstance(gold, str) or not isinstance(kind, str):
+        return Grade(False, "bad input", None)
+    k = _KINDS.get(kind.strip().lower())
+    if k is None:
+        warnings.warn(f"verify.grade: unknown kind {kind!r}; expected one of {sorted(_KINDS)}", stacklevel=2)
+        return Grade(False, f"unknown kind {kind!r}", None)
+    try:
+        return _grade(text, gold, k)
+    except Exception as e:  # noqa: BLE001 -- a reward function must not crash training
+        return Grade(False, f"error: {type(e).__name__}", None)
+
+
+def is_correct(text: str, gold: str, kind: str = "math") -> bool:
+    """Does the response's final answer equal the gold answer?"""
+    return grade(text, gold, kind).correct
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Batch: persistent worker subprocesses, one item at a time each, killed on timeout
+# ----------------------------------------------------------------------------------------------
+class _Timeout(BaseException):  # BaseException so grade()'s `except Exception` cannot swallow it
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _Timeout()
+
+
+def _grade_in_process(text, gold, kind, timeout: float) -> Grade:
+    """workers=1: grade here, time-limited by SIGALRM when we are the main thread of a Unix process
+    (elsewhere only the parser's own size limits apply)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        return grade(text, gold, kind)
+    old = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            return grade(text, gold, kind)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Timeout:
+        return Grade(False, "timeout", extract_answer(text))
+    finally:
+        signal.signal(signal.SIGALRM, old)
+
+
+_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); import verify; verify._serve()")
+
+
+def _serve():
+    """Worker main loop: one JSON line [text, gold, kind] in, one [correct, reason, extracted] out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # stray prints go to stderr, never into the protocol
+    try:
+        import resource  # a second line of defence against memory blow-ups: 4 GiB address space
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+    except (ImportError, ValueError, OSError):
+        pass
+    out.write(b"ready\n")
+    for line in sys.stdin.buffer:
+        text, gold, kind = json.loads(line)
+        out.write((json.dumps(list(grade(text, gold, kind))) + "\n").encode())
+
+
+class _Worker:
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, os.path.dirname(os.path.abspath(__file__))],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.buf, self.ready, self.item, self.t0 = b"", False, None, time.monotonic()
+
+    def kill(self):
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.proc.kill()
+        self.proc.wait()
+
+
+class _Pool:
+    """A reusable set of worker processes (started once, ~1 s; kept for the next grade_batch call)."""
+    STARTUP_S = 120.0  # a worker that is not ready by then is considered broken
+
+    def __init__(self, n: int):
+        self.n, self.workers = n, [_Worker() for _ in range(n)]
+
+    def close(self):
+        for w in self.workers:
+            w.kill()
+        self.workers = []
+
+    def run(self, jobs: list, timeout: float) -> list[Grade]:
+        out: list[Grade | None] = [None] * len(jobs)
+        todo, left, failures = deque(range(len(jobs))), len(jobs), 0
+        sel = selectors.DefaultSelector()
+        for w in self.workers:
+            sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+        try:
+            while left:
+                for w in self.workers:  # hand out work
+                    if w.ready and w.item is None and todo:
+                        i = todo.popleft()
+                        w.item, w.t0 = i, time.monotonic()
+                        try:
+                            w.proc.stdin.write((json.dumps(jobs[i]) + "\n").encode())
+                        except OSError:
+                            pass  # died: noticed as EOF below
+                now = time.monotonic()
+                waits = [w.t0 + (timeout if w.ready else self.STARTUP_S) - now for w in self.workers
+                         if w.item is not None or not w.ready]
+                for key, _ in sel.select(max(0.0, min(waits)) if waits else None):
+                    w = key.data
+                    data = os.read(w.proc.stdout.fileno(), 1 << 20)
+                    if not data:  # the worker died (e.g. memory limit); its item is not correct
+                        if w.item is not None:
+                            out[w.item], left = Grade(False, "worker died", None), left - 1
+                        failures += not w.ready
+                        self._replace(w, sel)
+                        continue
+                    w.buf += data
+                    while b"\n" in w.buf:
+                        line, w.buf = w.buf.split(b"\n", 1)
+                        if line == b"ready":
+                            w.ready = True
+                        elif w.item is not None:
+                            out[w.item], w.item, left = Grade(*json.loads(line)), None, left - 1
+                now = time.monotonic()
+                for w in list(self.workers):
+                    if w.item is not None and now - w.t0 > timeout:
+                        out[w.item], left = Grade(False, "timeout", extract_answer(jobs[w.item][0])), left - 1
+                        self._replace(w, sel)
+                    elif not w.ready and now - w.t0 > self.STARTUP_S:
+                        failures += 1
+                        self._replace(w, sel)
+                if failures > 2 * self.n:  # workers cannot start here: finish in this process
+                    for i in list(todo) + [w.item for w in self.workers if w.item is not None]:
+                        out[i] = _grade_in_process(*jobs[i], timeout)
+                    self.close()
+                    break
+        finally:
+            sel.close()
+        return out
+
+    def _replace(self, w: _Worker, sel):
+        sel.unregister(w.proc.stdout)
+        w.kill()
+        fresh = _Worker()
+        self.workers[self.workers.index(w)] = fresh
+        sel.register(fresh.proc.stdout, selectors.EVENT_READ, fresh)
+
+
+_POOL: _Pool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def close_pool():
+    """Stop grade_batch's worker processes (also done automatically at exit)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is not None:
+            _POOL.close()
+            _POOL = None
+
+
+atexit.register(close_pool)
+
+
+def grade_batch(texts: list[str], golds: list[str], kinds: list[str] | str = "math", workers: int = 0,
+                timeout: float = DEFAULT_TIMEOUT) -> list[Grade]:
+    """Grade many responses. workers=0 -> min(8, cpu count) worker processes, workers=1 -> in this
+    process. Each item gets `timeout` seconds; an item that overruns is graded
+    Grade(False, "timeout", ...) and its worker is killed and replaced. The worker pool is started
+    on first use and reused by later calls with the same `workers` (call close_pool() to stop it)."""
+    global _POOL
+    kinds = [kinds] * len(texts) if isinstance(kinds, str) else list(kinds)
+    if not (len(texts) == len(golds) == len(kinds)):
+        raise ValueError(f"grade_batch: texts, golds, kinds have lengths {len(texts)}, {len(golds)}, {len(kinds)}")
+    n = workers if workers > 0 else min(8, os.cpu_count() or 1)
+    out: list[Grade | None] = [None] * len(texts)
+    jobs, idx = [], []
+    for i, (t, g, k) in enumerate(zip(texts, golds, kinds)):
+        if isinstance(t, str) and isinstance(g, str) and isinstance(k, str):
+            jobs.append((t, g, k))
+            idx.append(i)
+        else:
+            out[i] = grade(t, g, k)  # bad input: answered at once, nothing to ship
+    if n == 1 or not jobs:
+        res = [_grade_in_process(t, g, k, timeout) for t, g, k in jobs]
+    else:
+        with _POOL_LOCK:
+            if _POOL is None or _POOL.n != n or not _POOL.workers:
+                if _POOL is not None:
+                    _POOL.close()
+                _POOL = _Pool(n)
+            res = _POOL.run(jobs, timeout)
+    for i, r in zip(idx, res):
+        out[i] = r
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for f in fields(Args):
+        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    a = p.parse_args()
+    print(grade(a.text, a.gold, a.kind))
+
+
+if __name__ == "__main__":
+    main()
