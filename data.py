@@ -433,8 +433,8 @@ def format_prompt(problem: str, tokenizer=None, options: Sequence[str] | None = 
 # The classroom task: seeded arithmetic with long and short chains of thought
 # ----------------------------------------------------------------------------------------------------------
 #
-# Problem "482+376=?", answer "858". Long CoT (default knobs: 3-digit addition; 139-165 characters without a
-# correction, 183-209 with one; mean about 158):
+# Problem "482+376=?", answer "858". Long CoT (default knobs, 3-digit + 3-digit addition: 148-172 characters
+# without a correction, 190-215 with one, mean about 175; the plain prompt adds 30):
 #
 #     Add right to left.
 #     2+6+0=8, write 8, carry 0.
@@ -445,7 +445,8 @@ def format_prompt(problem: str, tokenizer=None, options: Sequence[str] | None = 
 #     Verify: 858-376=482.
 #     \boxed{858}
 #
-# Short CoT (23-25 characters): "482+376=858. \boxed{858}".
+# Short CoT (24-26 characters): "482+376=858. \boxed{858}". With all three ops the long CoT is 148-226
+# characters (subtraction 150-202, multiplication of a 3-digit number 158-226).
 # Subtraction borrows ("12-6-0=6, write 6, borrow 1.") and is verified by addition; multiplication by a single
 # digit carries ("7*8+3=59, write 9, carry 5.") and is verified by a rounded estimate.
 
@@ -670,8 +671,9 @@ def distill(generate_fn: Callable[[list[str], int], list[list]], rows: Sequence[
     return kept, distill_stats(n_accepted, n, kept_tokens, n_truncated)
 
 
-def print_stats(stats: dict, file=sys.stdout) -> None:
+def print_stats(stats: dict, file=None) -> None:
     """Human-readable distillation summary with a text histogram of per-prompt pass rates."""
+    file = file or sys.stdout
     print(f"prompts {stats['prompts']}, samples {stats['samples']}, accepted {stats['accepted']} "
           f"(mean pass rate {stats['mean_pass_rate']:.3f}), truncated {stats['truncated']}", file=file)
     print(f"kept {stats['kept']} responses for {stats['prompts_with_kept']} prompts, "

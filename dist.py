@@ -126,6 +126,15 @@ def sum_tensor(t: torch.Tensor) -> torch.Tensor:
     return out.to(t.device)
 
 
+def max_int(n: int) -> int:
+    """The largest n over ranks (e.g. micro-batch counts: every rank must run the same number of forwards)."""
+    if world() == 1:
+        return n
+    t = torch.tensor([n], dtype=torch.long, device=_device())
+    td.all_reduce(t, op=td.ReduceOp.MAX)
+    return int(t.item())
+
+
 def broadcast_object(obj, src=0):
     if world() == 1:
         return obj

@@ -26,7 +26,7 @@ OpenRLHF's Hugging Face models; this is a from-scratch equivalent).
 import json
 import math
 import os
-from dataclasses import dataclass, asdict, field, fields
+from dataclasses import dataclass, asdict
 from typing import Optional
 
 import torch
@@ -196,7 +196,8 @@ class Attention(nn.Module):
             rows = torch.arange(B, device=x.device)
             cache.k[layer, rows, :, cache.lengths] = k[:, :, 0]
             cache.v[layer, rows, :, cache.lengths] = v[:, :, 0]
-            o = kernels.decode_attention(q[:, :, 0], cache.k[layer], cache.v[layer], cache.lengths + 1)
+            o = kernels.decode_attention(q[:, :, 0], cache.k[layer], cache.v[layer], cache.lengths + 1,
+                                         max_len=cache.capacity)  # static bound: no GPU->CPU sync
             o = o[:, None]  # (B, 1, H, Dh)
         else:
             if cache is not None:  # prefill: rows `slots` of the cache get this right-padded prompt batch

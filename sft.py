@@ -249,7 +249,6 @@ def main(argv=None):
     log({"step": step, **{f"eval/{k}": v for k, v in ev.items()}})
     dist.print0(f"checkpoint: {ckpt} (loadable with model.load)")
     dist.print0(f"held-out accuracy {ev['accuracy']:.2f} (n={ev['n']}), mean response length {ev['mean_length']:.0f} tokens")
-    dist.cleanup()
     return ev
 
 
@@ -258,3 +257,5 @@ if __name__ == "__main__":
         main()
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    finally:
+        dist.cleanup()

@@ -176,7 +176,7 @@ _UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": r"\times ", "\u00b7": r"\cdo
 _TEXT_RE = re.compile(r"\\(?:text|textbf|textit|textnormal|textrm|mbox|mathrm|mathbf|mathit|boldsymbol|"
                       r"operatorname|emph)\s*\{([^{}]*)\}(\^\{?\d\}?)?")
 _DROP_RE = re.compile(r"\\(?:left|right)[.]|\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle)(?![a-zA-Z])")
-_SPACE_RE = re.compile(r"\\[,;:> ]|\\q?quad(?![a-zA-Z])|~")
+_SPACE_RE = re.compile(r"\\\\|\\[,;:> !]|\\q?quad(?![a-zA-Z])|~")  # \\\\ (matrix row break) is kept
 _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree")
 _UNIT_WORDS = {"cm", "mm", "km", "m", "ft", "in", "yd", "mi", "kg", "g", "mg", "lb", "lbs", "oz", "s", "ms",
                "h", "hr", "hrs", "min", "sec", "l", "ml", "mph", "cc", "sq", "cu", "m/s", "km/h"}
@@ -193,7 +193,7 @@ def _drop_text(s: str) -> str:
         content, before = m.group(1), s[:m.start()].strip()
         if content.strip(" ,").lower() in ("and", "or", ""):
             repl = "," if content.strip() else ""
-        elif before and re.search(r"[\d}).]$", before) and re.fullmatch(r"[\sa-zA-Z.,/]*", content):
+        elif before and re.search(r"[\w}).]$", before) and re.fullmatch(r"[\sa-zA-Z.,/]*", content):
             repl = ""  # a unit (and its ^2 / ^3)
         else:
             repl = content + (m.group(2) or "")
@@ -210,8 +210,8 @@ def _normalize(s: str) -> tuple[str, bool]:
     for k, v in _UNICODE.items():
         s = s.replace(k, v)
     s = _DROP_RE.sub("", s)
-    s = s.replace(r"\!", "").replace("{,}", ",")
-    s = _SPACE_RE.sub(" ", s)
+    s = _SPACE_RE.sub(lambda m: m.group() if m.group() == "\\\\" else "" if m.group() == "\\!" else " ", s)
+    s = s.replace("{,}", ",")
     s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
     s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
     s = re.sub(r"\\phantom\s*(?:\{[^{}]*\}|.)", "", s)
@@ -234,6 +234,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\^\{(\w)\}", r"^\1", s)
     if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # 1,000 -> 1000, but (1,2) is a tuple
         s = s.replace(",", "")
+    s = re.sub(r"\{(-?\d{1,3}(?:,\d{3})+)\}", lambda m: "{" + m.group(1).replace(",", "") + "}", s)  # \frac{1}{20,000}
     m = re.fullmatch(r"\(([A-Za-z])\)|([A-Z])\)", s)  # (C) -> C
     if m:
         s = m.group(1) or m.group(2)
@@ -288,7 +289,7 @@ def _pow(b, e):
     if e.is_Rational and b.is_number and b not in (sp.S.Zero, sp.S.One, sp.S.NegativeOne):
         if abs(float(e)) * _height(b) > MAX_DIGITS:  # e.g. 9^{9^{9^9}}, 10^{10^{10}}: refuse before computing
             raise _Refuse("power too large")
-    if e.is_Rational and not b.is_number and abs(e) > 10 ** 6:
+    if e.is_Rational and (abs(e.p) > 10 ** 6 or e.q > 10 ** 6):  # x^{10^{100}}, \sqrt[10^{100}]{2}
         raise _Refuse("exponent too large")
     return _check(sp.Pow(b, e))
 
@@ -499,7 +500,8 @@ class _Parser:
                 self.take()
                 n = self.expr()
                 self.expect("]")
-            a = self.arg()
+            # \sqrt 13 is meant as sqrt(13) (LaTeX would read sqrt(1)*3); \frac 34 keeps single digits
+            a = _number(self.take()[1]) if self.peek()[0] == "num" else self.arg()
             return _pow(a, sp.S.Half if n is None else _pow(n, sp.S.NegativeOne))
         if name == "binom":
             n, r = self.arg(), self.arg()
@@ -591,7 +593,8 @@ _MATRIX_RE = re.compile(r"\\begin\{([pbvB]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\e
 
 
 def _expand_pm(s: str) -> list[str]:
-    if r"\pm" not in s and r"\mp" not in s:
+    """"1 \\pm \\sqrt{2}" -> the two solutions; containers (sets, tuples, matrices) expand their own items."""
+    if r"\pm" not in s and r"\mp" not in s or s.startswith(("\\{", "\\begin")) or s[:1] in "([" and _closing(s, 0) == len(s) - 1:
         return [s]
     return [s.replace(r"\pm", "+").replace(r"\mp", "-"), s.replace(r"\pm", "-").replace(r"\mp", "+")]
 
@@ -997,6 +1000,8 @@ def _serve():
     out.write(b"ready\n")
     for line in sys.stdin.buffer:
         text, gold, kind = json.loads(line)
+        if kind == "__sleep__":  # test hook: lets tests exercise the timeout path deterministically
+            time.sleep(float(gold))
         out.write((json.dumps(list(grade(text, gold, kind))) + "\n").encode())
 
 

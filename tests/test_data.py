@@ -1,0 +1,516 @@
+"""Tests for data.py: loaders and their errors, source conversions, prompts, the classroom task, distillation."""
+import gzip
+import hashlib
+import io
+import json
+import re
+import sys
+import tarfile
+import types
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+import data
+from data import DataError
+
+SHARED = Path(data.__file__).resolve().parent.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not (SHARED / "math500.jsonl").is_file(), reason="no /work/shared/data")
+
+
+def boxed(text):
+    """The simple rule the brief asks for: the contents of the last \\boxed{...} (no nested braces)."""
+    found = re.findall(r"\\boxed\{([^{}]*)\}", text)
+    return found[-1] if found else None
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def shared_rows(name):
+    return [json.loads(line) for line in (SHARED / name).read_text(encoding="utf-8").splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# load_jsonl
+# ---------------------------------------------------------------------------------------------------------
+
+def test_load_jsonl_reads_rows_and_skips_blank_lines(tmp_path):
+    p = write(tmp_path / "a.jsonl", '{"problem": "1+1", "answer": "2"}\n\n   \n{"problem": "x", "answer": "y", '
+                                    '"options": ["a", "b"], "id": "7"}\n')
+    assert data.load_jsonl(p) == [{"problem": "1+1", "answer": "2"},
+                                  {"problem": "x", "answer": "y", "options": ["a", "b"], "id": "7"}]
+
+
+@pytest.mark.parametrize("text, where, what", [
+    ('{"problem": "a", "answer": "b"}\n{"problem": "a", "answer": \n', ":2:", "invalid JSON"),
+    ('\n["problem", "answer"]\n', ":2:", "expected a JSON object, got list"),
+    ('{"problem": "a", "answer": "b"}\n\n{"problem": "a"}\n', ":3:", "missing required key 'answer'"),
+    ('{"problem": "a", "answer": 2}\n', ":1:", "key 'answer' should be str, got int"),
+    ('{"problem": "a", "answer": "2", "options": "A B"}\n', ":1:", "key 'options' should be list"),
+    ('{"problem": "a", "answer": "2", "options": ["A", 3]}\n', ":1:", "list of strings"),
+    ('{"problem": "a", "answer": "2", "needs_image": "no"}\n', ":1:", "key 'needs_image' should be bool"),
+])
+def test_load_jsonl_errors_name_file_and_line(tmp_path, text, where, what):
+    p = write(tmp_path / "bad.jsonl", text)
+    with pytest.raises(DataError) as e:
+        data.load_jsonl(p)
+    assert f"{p}{where}" in str(e.value) and what in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_load_jsonl_missing_file_and_custom_required(tmp_path):
+    with pytest.raises(DataError, match="nope.jsonl: file not found"):
+        data.load_jsonl(tmp_path / "nope.jsonl")
+    p = write(tmp_path / "sft.jsonl", '{"prompt": "p", "response": "r"}\n')
+    assert data.load_jsonl(p, required=("prompt", "response")) == [{"prompt": "p", "response": "r"}]
+    with pytest.raises(DataError, match="missing required key 'problem'"):
+        data.load_jsonl(p)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# load_benchmark
+# ---------------------------------------------------------------------------------------------------------
+
+@needs_shared
+@pytest.mark.parametrize("name, text_only, count, kinds", [
+    ("math_train", None, 7498, {"math"}),
+    ("math500", None, 500, {"math"}),
+    ("aime2024", None, 30, {"math"}),
+    ("theoremqa", None, 747, {"integer", "float", "bool", "list of integer", "list of float", "option"}),
+    ("theoremqa", False, 800, {"integer", "float", "bool", "list of integer", "list of float", "option"}),
+    ("mmlu_pro_1k", None, 1000, {"choice"}),
+])
+def test_real_benchmarks_load_with_documented_counts(name, text_only, count, kinds):
+    rows = data.load_benchmark(name, data_dir=SHARED, text_only=text_only, download=False)
+    assert len(rows) == count
+    assert {r["kind"] for r in rows} == kinds
+    assert all(isinstance(r["problem"], str) and isinstance(r["answer"], str) for r in rows)
+    assert len({r["id"] for r in rows}) == count
+    if name == "theoremqa":
+        assert sum(r["needs_image"] for r in rows) == (53 if text_only is False else 0)
+        assert all(r["kind"] == r["answer_type"] for r in rows)
+    if name == "mmlu_pro_1k":
+        assert all(r["answer"] in "ABCDEFGHIJ"[:len(r["options"])] for r in rows)
+
+
+def test_load_benchmark_search_order_and_errors(tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    write(mine / "aime2024.jsonl", '{"id": "x", "problem": "p", "answer": "1"}\n')
+    env = tmp_path / "env"
+    env.mkdir()
+    write(env / "aime2024.jsonl", '{"id": "y", "problem": "q", "answer": "2"}\n')
+    monkeypatch.setenv("LONGCOT_DATA", str(env))
+    # data_dir wins over $LONGCOT_DATA, which wins over ../shared/data
+    assert data.load_benchmark("aime2024", data_dir=mine) == [{"id": "x", "problem": "p", "answer": "1", "kind": "math"}]
+    assert data.load_benchmark("aime2024")[0]["id"] == "y"
+    assert data.data_dirs(mine)[:2] == [mine, env]
+    assert data.data_dirs()[-2:] == [data.REPO.parent / "shared" / "data", data.REPO / "data"]
+    with pytest.raises(DataError, match="unknown benchmark 'gsm8k'"):
+        data.load_benchmark("gsm8k")
+    monkeypatch.setattr(data, "data_dirs", lambda d=None: [tmp_path / "empty"])
+    with pytest.raises(DataError, match="math500.jsonl not found in any of"):
+        data.load_benchmark("math500", download=False)
+
+
+def test_theoremqa_unknown_answer_type_is_an_error(tmp_path):
+    write(tmp_path / "theoremqa.jsonl", '{"id": "t", "problem": "p", "answer": "1", "answer_type": "matrix"}\n')
+    with pytest.raises(DataError, match="answer_type 'matrix'"):
+        data.load_benchmark("theoremqa", data_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# conversion of the public sources (the download path without the network)
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, want", [
+    (r"so $\boxed{5}$", "5"),
+    (r"\boxed{1} then \boxed{ \frac{1}{2} }.", r"\frac{1}{2}"),
+    (r"\boxed{\text{(C)}}", r"\text{(C)}"),
+    (r"so the answer is $\boxed 2$.", "2"),
+    (r"\boxed{}", ""),
+    (r"\boxed{\frac{1}{2}", None),
+    ("no box", None),
+])
+def test_last_boxed(text, want):
+    assert data.last_boxed(text) == want
+
+
+def test_convert_math_train_small():
+    files = [
+        ("x/train/prealgebra/10.json", {"problem": "p10", "level": "Level 2", "type": "Prealgebra",
+                                        "solution": r"So $\boxed{3}$ and $\boxed{4}$."}),
+        ("x/train/prealgebra/2.json", {"problem": "p2", "level": "Level ?", "type": "Prealgebra",
+                                       "solution": r"$\boxed{\frac{1}{2}}$"}),
+        ("x/train/algebra/5.json", {"problem": "p5", "level": "Level 5", "type": "Algebra",
+                                    "solution": r"(A) $\boxed{}$"}),  # empty box: dropped
+        ("x/train/algebra/7.json", {"problem": "p7", "level": "Level 1", "type": "Algebra",
+                                    "solution": r"is $\boxed 9$."}),
+    ]
+    assert data.convert_math_train(files) == [
+        {"id": "train/algebra/7.json", "problem": "p7", "answer": "9", "solution": r"is $\boxed 9$.",
+         "subject": "Algebra", "level": 1},
+        {"id": "train/prealgebra/2.json", "problem": "p2", "answer": r"\frac{1}{2}",
+         "solution": r"$\boxed{\frac{1}{2}}$", "subject": "Prealgebra", "level": None},
+        {"id": "train/prealgebra/10.json", "problem": "p10", "answer": "4",
+         "solution": r"So $\boxed{3}$ and $\boxed{4}$.", "subject": "Prealgebra", "level": 2, "n_boxed": 2},
+    ]
+    with pytest.raises(DataError, match="train/<subject>/<n>.json"):
+        data.convert_math_train([("x/test/algebra/1.json", files[0][1])])
+
+
+@needs_shared
+def test_convert_math_train_reproduces_the_shared_file():
+    rows = shared_rows("math_train.jsonl")
+    raw = [(f"agents-e8c4/src/agents/datasets/data/math/{r['id']}",
+            {"problem": r["problem"], "solution": r["solution"], "type": r["subject"],
+             "level": "Level ?" if r["level"] is None else f"Level {r['level']}"}) for r in rows]
+    raw.append(("a/train/number_theory/7115.json", {"problem": "q", "solution": r"\boxed{}", "type": "Number Theory",
+                                                    "level": "Level 1"}))
+    assert data.convert_math_train(reversed(raw)) == rows
+
+
+def test_convert_math500_and_aime2024_small():
+    assert data.convert_math500([{"problem": "p", "solution": "s", "answer": "1", "subject": "Algebra",
+                                  "level": 3, "unique_id": "test/algebra/1.json"}]) == [
+        {"id": "test/algebra/1.json", "problem": "p", "answer": "1", "solution": "s", "subject": "Algebra", "level": 3}]
+    url = "https://artofproblemsolving.com/wiki/index.php/2024_AIME_{}_Problems/Problem_{}"
+    raw = [{"id": 61, "problem": "b", "solution": "sb", "answer": "025", "url": url.format("I", 10)},
+           {"id": 75, "problem": "c", "solution": "sc", "answer": 7, "url": url.format("II", 1)},
+           {"id": 67, "problem": "a", "solution": "sa", "answer": "204", "url": url.format("I", 2)}]
+    got = data.convert_aime2024(raw)
+    assert [r["id"] for r in got] == ["2024-I-2", "2024-I-10", "2024-II-1"]
+    assert [r["answer"] for r in got] == ["204", "25", "7"]
+    assert got[1] == {"id": "2024-I-10", "problem": "b", "answer": "25", "solution": "sb",
+                      "url": url.format("I", 10), "source_id": 61}
+    with pytest.raises(DataError, match="cannot read exam"):
+        data.convert_aime2024([{"id": 1, "problem": "p", "solution": "s", "answer": "1", "url": "x"}])
+
+
+@needs_shared
+def test_convert_math500_and_aime2024_reproduce_the_shared_files():
+    rows = shared_rows("math500.jsonl")
+    raw = [{"problem": r["problem"], "solution": r["solution"], "answer": r["answer"], "subject": r["subject"],
+            "level": r["level"], "unique_id": r["id"]} for r in rows]
+    assert data.convert_math500(raw) == rows
+    rows = shared_rows("aime2024.jsonl")
+    raw = [{"id": r["source_id"], "problem": r["problem"], "solution": r["solution"], "answer": r["answer"].zfill(3),
+            "url": r["url"]} for r in sorted(rows, key=lambda r: r["source_id"])]
+    assert data.convert_aime2024(raw) == rows
+
+
+def test_convert_theoremqa_small():
+    base = {"id": "a/b.json", "Question": "q", "field": "Math", "subfield": "Calculus", "theorem": "t", "source": "s"}
+    raw = [base | {"Answer": True, "Answer_type": "bool", "Picture": None, "explanation": "NONE"},
+           base | {"Answer": [0, 5], "Answer_type": "list of integer", "Picture": "images/x.png", "explanation": "e"},
+           base | {"Answer": 4e-05, "Answer_type": "float", "Picture": None, "explanation": None},
+           base | {"Answer": "(c)", "Answer_type": "option", "Picture": None}]
+    got = data.convert_theoremqa(raw)
+    assert [r["answer"] for r in got] == ["True", "[0, 5]", "4e-05", "(c)"]
+    assert [r["needs_image"] for r in got] == [False, True, False, False]
+    assert [("solution" in r) for r in got] == [False, True, False, False]
+    assert got[1] == {"id": "a/b.json", "problem": "q", "answer": "[0, 5]", "answer_type": "list of integer",
+                      "answer_raw": [0, 5], "needs_image": True, "image": "images/x.png", "subject": "Math",
+                      "subfield": "Calculus", "theorem": "t", "source": "s", "solution": "e"}
+
+
+@needs_shared
+def test_convert_theoremqa_reproduces_the_shared_file():
+    rows = shared_rows("theoremqa.jsonl")
+    raw = [{"Question": r["problem"], "Answer": r["answer_raw"], "Answer_type": r["answer_type"], "Picture": r["image"],
+            "source": r["source"], "id": r["id"], "explanation": r.get("solution", "NONE"), "theorem": r["theorem"],
+            "subfield": r["subfield"], "field": r["subject"]} for r in rows]
+    assert data.convert_theoremqa(raw) == rows
+
+
+def test_sample_mmlu_pro_is_seeded_sorted_and_order_free():
+    raw = [{"question_id": q} for q in range(100, 120)]
+    got = [r["question_id"] for r in data.sample_mmlu_pro(raw, k=5)]
+    # random.Random(0).sample(range(20), 5) == [12, 13, 1, 8, 15] (CPython's documented-stable sampler)
+    assert got == [101, 108, 112, 113, 115]
+    assert [r["question_id"] for r in data.sample_mmlu_pro(raw[::-1], k=5)] == got
+
+
+@needs_shared
+def test_convert_mmlu_pro_reproduces_the_shared_file():
+    rows = shared_rows("mmlu_pro_1k.jsonl")
+    assert hashlib.md5(",".join(r["id"] for r in rows).encode()).hexdigest() == data.MMLU_PRO_SAMPLE_MD5
+    raw = [{"question_id": r["question_id"], "question": r["problem"], "options": r["options"], "answer": r["answer"],
+            "answer_index": r["answer_index"], "cot_content": "", "category": r["subject"], "src": r["src"]}
+           for r in rows]
+    assert data.convert_mmlu_pro(raw) == [{k: v for k, v in r.items() if k != "alt_version"} for r in rows]
+
+
+def test_download_benchmark_with_a_fake_fetch(tmp_path, capsys):
+    # math500: JSONL as served by GitHub raw
+    raw = {"problem": "p", "solution": r"\boxed{1}", "answer": "1", "subject": "Algebra", "level": 2,
+           "unique_id": "test/algebra/1.json"}
+    urls = []
+    path = data.download_benchmark("math500", tmp_path, fetch_fn=lambda u: urls.append(u) or
+                                   (json.dumps(raw) + "\n").encode())
+    assert urls == [data.BENCHMARKS["math500"]["url"]] and path == tmp_path / "math500.jsonl"
+    assert data.load_benchmark("math500", data_dir=tmp_path) == [
+        {"id": "test/algebra/1.json", "problem": "p", "answer": "1", "solution": r"\boxed{1}", "subject": "Algebra",
+         "level": 2, "kind": "math"}]
+    # math_train: a GitHub tarball of the source repository
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, obj in [("agents-x/src/agents/datasets/data/math/train/algebra/3.json",
+                           {"problem": "p", "level": "Level 4", "type": "Algebra", "solution": r"$\boxed{7}$"}),
+                          ("agents-x/src/agents/datasets/data/math/test/algebra/3.json", {}),
+                          ("agents-x/README.md", "")]:
+            blob = json.dumps(obj).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    data.download_benchmark("math_train", tmp_path, fetch_fn=lambda u: buf.getvalue())
+    assert data.load_jsonl(tmp_path / "math_train.jsonl") == [
+        {"id": "train/algebra/3.json", "problem": "p", "answer": "7", "solution": r"$\boxed{7}$", "subject": "Algebra",
+         "level": 4}]
+    assert "expected 7498" in capsys.readouterr().err
+    # failures: no network, a Git-LFS pointer
+    def offline(url):
+        raise OSError("no route to host")
+    with pytest.raises(DataError, match="could not be downloaded .*no route to host"):
+        data.download_benchmark("aime2024", tmp_path, fetch_fn=offline)
+    with pytest.raises(DataError, match="Git-LFS pointer"):
+        data.download_benchmark("aime2024", tmp_path, fetch_fn=lambda u: b"version https://git-lfs.github.com/spec/v1\n")
+
+
+def test_mmlu_download_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(DataError, match="pip install pyarrow"):
+        data.download_benchmark("mmlu_pro_1k", tmp_path, fetch_fn=lambda u: b"PAR1")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# format_prompt
+# ---------------------------------------------------------------------------------------------------------
+
+def chat_tokenizer(template):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>")),
+                                  unk_token="<unk>")
+    tok.chat_template = template
+    return tok
+
+
+def test_format_prompt_plain():
+    assert data.format_prompt("12+3=?") == "12+3=?\nAnswer in \\boxed{}.\n"
+    assert data.format_prompt("Pick", options=["x", "y", "z"]) == \
+        "Pick\n(A) x\n(B) y\n(C) z\nAnswer with the letter in \\boxed{}.\n"
+    assert data.format_prompt("12+3=?", tokenizer=chat_tokenizer(None)) == "12+3=?\nAnswer in \\boxed{}.\n"
+    with pytest.raises(ValueError, match="options must be a non-empty list"):
+        data.format_prompt("Pick", options="AB")
+    with pytest.raises(ValueError, match="problem must be a string"):
+        data.format_prompt(None)
+
+
+def test_format_prompt_uses_the_chat_template():
+    tok = chat_tokenizer("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant]{% endif %}")
+    assert data.format_prompt("1+1?", tok) == \
+        "[user]1+1?\nPlease reason step by step, and put your final answer within \\boxed{}.[assistant]"
+    assert data.format_prompt("Pick", tok, ["x", "y"]) == ("[user]Pick\n(A) x\n(B) y\nPlease reason step by step, and "
+                                                           "put the letter of the correct option within \\boxed{}.[assistant]")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the classroom task
+# ---------------------------------------------------------------------------------------------------------
+
+def test_classroom_is_deterministic():
+    a = data.classroom(50, seed=3)
+    assert a == data.classroom(50, seed=3)
+    assert [r["problem"] for r in a] != [r["problem"] for r in data.classroom(50, seed=4)]
+    assert set(a[0]) == {"id", "problem", "answer", "long_cot", "short_cot", "kind"} and a[0]["kind"] == "math"
+    assert re.fullmatch(r"\d{3}\+\d{3}=\?", a[0]["problem"])
+
+
+def test_classroom_splits_are_disjoint():
+    train = [r["problem"] for r in data.classroom(3000, seed=0)]
+    test = [r["problem"] for r in data.classroom(500, seed=0, split="test")]
+    other_seed = [r["problem"] for r in data.classroom(500, seed=1, split="test")]
+    assert len(set(train)) == 3000 and len(set(test)) == 500
+    assert not set(train) & (set(test) | set(other_seed))
+    assert all(data.is_test_problem(p) for p in test) and not any(data.is_test_problem(p) for p in train)
+
+
+STEP = re.compile(r"(?:Wait, recheck: )?(\d+)([+*-])(\d+)([+-])(\d+)=(\d+), write (\d), (carry|borrow) (\d+)\.")
+
+
+@pytest.mark.parametrize("knobs", [{}, {"ops": "sub"}, {"ops": "mul", "digits": 4}, {"ops": "add,sub,mul"},
+                                   {"digits": 1, "digits_b": 5, "ops": ["add", "sub"]}])
+def test_classroom_answers_and_steps_are_right(knobs):
+    try:
+        import verify
+        extract = verify.extract_answer
+    except ImportError:
+        extract = boxed
+    for seed in range(3):
+        for r in data.classroom(150, seed=seed, p_error=0.5, **knobs):
+            a, op, b = re.fullmatch(r"(\d+)([+*-])(\d+)=\?", r["problem"]).groups()
+            want = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+            assert r["answer"] == str(want)
+            for trace in (r["long_cot"], r["short_cot"]):
+                assert boxed(trace) == r["answer"] and extract(trace) == r["answer"]
+                assert trace.endswith(f"\\boxed{{{want}}}")
+            lines = r["long_cot"].split("\n")
+            steps = [(i, STEP.fullmatch(ln)) for i, ln in enumerate(lines) if STEP.fullmatch(ln)]
+            assert steps, r["long_cot"]
+            for i, m in steps:
+                x, o1, y, o2, c, value, written, kind, out = m.groups()
+                true = eval(f"{x}{o1}{y}{o2}{c}")  # digits and + - * only
+                corrected = i + 1 < len(lines) and lines[i + 1].startswith("Wait, recheck: ")
+                assert (int(value) != true) == corrected, r["long_cot"]
+                if kind == "carry":
+                    assert (int(written), int(out)) == (int(value) % 10, int(value) // 10)
+                else:
+                    assert int(written) == int(value) and int(out) == (int(x) >= 10)
+
+
+def test_classroom_long_cot_has_reflections_at_the_set_rate():
+    rows = data.classroom(2000, seed=0)
+    rate = sum("Wait, recheck:" in r["long_cot"] for r in rows) / len(rows)
+    assert abs(rate - 0.3) < 0.04  # binomial sd 0.010
+    assert all(r["long_cot"].count("Wait") <= 1 and "wait" not in r["short_cot"].lower() for r in rows)
+    assert not any("Wait" in r["long_cot"] for r in data.classroom(200, seed=0, p_error=0.0))
+    assert all("Wait, recheck:" in r["long_cot"] for r in data.classroom(200, seed=0, p_error=1.0))
+
+
+def test_classroom_lengths_are_in_the_documented_range():
+    rows = data.classroom(2000, seed=0)
+    long = [len(r["long_cot"]) for r in rows]
+    short = [len(r["short_cot"]) for r in rows]
+    assert 140 <= min(long) and max(long) <= 230 and 160 <= sum(long) / len(long) <= 190
+    assert 20 <= min(short) and max(short) <= 30
+    assert max(len(data.format_prompt(r["problem"])) for r in rows) == 30
+
+
+def test_classroom_bad_knobs():
+    with pytest.raises(ValueError, match="split"):
+        data.classroom(1, 0, split="valid")
+    with pytest.raises(ValueError, match="ops"):
+        data.classroom(1, 0, ops="div")
+    with pytest.raises(ValueError, match="digits"):
+        data.classroom(1, 0, digits=0)
+    with pytest.raises(ValueError, match="too small"):
+        data.classroom(200, 0, digits=1)  # only 100 one-digit sums exist
+    with pytest.raises(TypeError):
+        data.classroom(1, 0, difficulty=3)
+
+
+def test_sft_rows_and_the_cli(tmp_path):
+    rows = data.classroom(5, seed=0)
+    long, short = data.sft_rows(rows), data.sft_rows(rows, cot="short")
+    assert [s["prompt"] for s in long] == [data.format_prompt(r["problem"]) for r in rows]
+    assert [s["response"] for s in long] == [r["long_cot"] for r in rows]
+    assert [s["response"] for s in short] == [r["short_cot"] for r in rows]
+    assert [s["answer"] for s in short] == [r["answer"] for r in rows]
+    with pytest.raises(ValueError, match="cot"):
+        data.sft_rows(rows, cot="medium")
+    out = tmp_path / "c.jsonl"
+    data.main(["classroom", "--n", "5", "--seed", "0", "--cot", "long", "--out", str(out)])
+    assert data.load_jsonl(out, required=("prompt", "response")) == long
+
+
+# ---------------------------------------------------------------------------------------------------------
+# rejection-sampling distillation
+# ---------------------------------------------------------------------------------------------------------
+
+Sample = namedtuple("Sample", "text token_ids finish_reason")
+Grade = namedtuple("Grade", "correct reason extracted")
+
+
+def S(text, finish="eos"):
+    return Sample(text, list(range(len(text))), finish)
+
+
+PROBLEMS = [{"id": "a", "problem": "1+1", "answer": "2"}, {"id": "b", "problem": "2+2", "answer": "4"},
+            {"id": "c", "problem": "3+3", "answer": "6"}]
+SAMPLES = {  # prompt -> 4 samples: correct ones end with the right box
+    "1+1": [S("x \\boxed{3}"), S("long \\boxed{2}"), S("\\boxed{2}"), S("yy \\boxed{2}")],
+    "2+2": [S("\\boxed{5}"), S("cut \\boxed{4}", "length"), S("no answer", "length"), S("\\boxed{1}")],
+    "3+3": [S("six \\boxed{6}"), S("\\boxed{7}"), S("\\boxed{9}"), S("\\boxed{8}")],
+}
+
+
+def fake_generate(calls):
+    def generate(prompts, n):
+        calls.append(list(prompts))
+        return [SAMPLES[p.split("\n")[0]][:n] for p in prompts]
+    return generate
+
+
+def exact_grader(texts, golds, kinds):
+    assert set(kinds) == {"math"}
+    return [Grade(boxed(t) == g, "", boxed(t)) for t, g in zip(texts, golds)]  # truthy tuples: .correct counts
+
+
+def test_distill_keeps_exactly_the_verified_finished_samples():
+    calls, batches = [], []
+    kept, stats = data.distill(fake_generate(calls), PROBLEMS, 4, max_per_prompt=2, grade_fn=exact_grader,
+                               batch_prompts=2, sink=batches.append)
+    assert calls == [[data.format_prompt("1+1"), data.format_prompt("2+2")], [data.format_prompt("3+3")]]
+    assert [(r["id"], r["response"]) for r in kept] == [("a", "long \\boxed{2}"), ("a", "\\boxed{2}"),
+                                                        ("c", "six \\boxed{6}")]
+    assert kept[0] == {"id": "a", "problem": "1+1", "prompt": "1+1\nAnswer in \\boxed{}.\n",
+                       "response": "long \\boxed{2}", "n_tokens": 14}
+    assert batches == [kept[:2], kept[2:]]
+    hist = {k: 0 for k in data.pass_rate_histogram([], 4)}
+    hist.update({"0": 1, "(0.2,0.3]": 1, "(0.7,0.8]": 1})
+    assert stats == {"prompts": 3, "samples_per_prompt": 4, "samples": 12, "accepted": 4, "truncated": 2,
+                     "mean_pass_rate": 4 / 12, "prompts_with_kept": 2, "kept": 3, "mean_kept_tokens": (14 + 9 + 13) / 3,
+                     "pass_rate_hist": hist}
+    kept1, stats1 = data.distill(fake_generate([]), PROBLEMS, 4, grade_fn=exact_grader)
+    assert [r["response"] for r in kept1] == ["long \\boxed{2}", "six \\boxed{6}"] and stats1["kept"] == 2
+    assert stats1["accepted"] == 4 and stats1["mean_kept_tokens"] == 13.5
+
+
+def test_distill_with_the_real_verifier():
+    verify = pytest.importorskip("verify")
+    kept, stats = data.distill(fake_generate([]), PROBLEMS, 4, grade_fn=lambda t, g, k: verify.grade_batch(t, g, k, workers=1))
+    assert [r["response"] for r in kept] == ["long \\boxed{2}", "six \\boxed{6}"] and stats["accepted"] == 4
+
+
+def test_distill_rejects_a_wrong_number_of_samples():
+    with pytest.raises(ValueError, match="expected 4 each"):
+        data.distill(lambda prompts, n: [[S("a")] * 3 for _ in prompts], PROBLEMS, 4, grade_fn=exact_grader)
+    with pytest.raises(ValueError, match=">= 1"):
+        data.distill(fake_generate([]), PROBLEMS, 0, grade_fn=exact_grader)
+
+
+def test_pass_rate_histogram_bins():
+    hist = data.pass_rate_histogram([0, 1, 2, 4, 4, 3, 0], 4)
+    assert list(hist)[:3] == ["0", "(0.0,0.1]", "(0.1,0.2]"] and list(hist)[-1] == "(0.9,1.0]" and len(hist) == 11
+    assert {k: v for k, v in hist.items() if v} == {"0": 2, "(0.2,0.3]": 1, "(0.4,0.5]": 1, "(0.7,0.8]": 1,
+                                                    "(0.9,1.0]": 2}
+    assert {k: v for k, v in data.pass_rate_histogram([1, 10], 10).items() if v} == {"(0.0,0.1]": 1, "(0.9,1.0]": 1}
+
+
+def test_distill_cli_wires_model_sample_and_verify(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def generate(model, tok, prompts, n, temperature, top_p, max_new_tokens, seed, progress):
+        seen.setdefault("seeds", []).append(seed)
+        seen["args"] = (model, tok, n, temperature, top_p, max_new_tokens, progress)
+        return [SAMPLES[p.split("\n")[0]][:n] for p in prompts]
+
+    monkeypatch.setitem(sys.modules, "model", types.SimpleNamespace(load=lambda name: (f"M:{name}", None)))
+    monkeypatch.setitem(sys.modules, "sample", types.SimpleNamespace(generate=generate))
+    monkeypatch.setitem(sys.modules, "verify", types.SimpleNamespace(grade_batch=exact_grader))
+    prompts = write(tmp_path / "p.jsonl", "".join(json.dumps(r) + "\n" for r in PROBLEMS))
+    out = tmp_path / "sft.jsonl"
+    data.main(["distill", "--teacher", "T", "--prompts", str(prompts), "--n", "4", "--batch-prompts", "1",
+               "--limit", "2", "--seed", "5", "--temperature", "0.6", "--out", str(out)])
+    assert seen == {"seeds": [5, 6], "args": ("M:T", None, 4, 0.6, 0.95, 16384, True)}
+    assert [r["response"] for r in data.load_jsonl(out, required=("prompt", "response"))] == ["long \\boxed{2}"]
+    stats = json.loads(Path(f"{out}.stats.json").read_text())
+    assert stats["prompts"] == 2 and stats["kept"] == 1 and stats["teacher"] == "T"
+    assert "kept 1 responses for 1 prompts" in capsys.readouterr().out
