@@ -32,11 +32,12 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.7, top_p=0.95, max_new_t
     records: this rank's per-sample dicts."""
     import verify
     from data import format_prompt
-    mine = rows[dist.rank()::dist.world()]
+    positions = list(range(dist.rank(), len(rows), dist.world()))  # this rank's questions
+    mine = [rows[i] for i in positions]
     prompts = [format_prompt(r["problem"], tokenizer, r.get("options")) for r in mine]
     outs = generate(model, tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
-                    max_new_tokens=max_new_tokens, seed=seed + dist.rank(), batch_size=batch_size,
-                    progress=progress)
+                    max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, progress=progress,
+                    keys=positions)  # same samples however the questions are split over ranks
     texts = [s.text for samples in outs for s in samples]
     golds = [r["answer"] for r, samples in zip(mine, outs) for _ in samples]
     kinds = [r.get("kind", "math") for r, samples in zip(mine, outs) for _ in samples]

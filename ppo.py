@@ -355,13 +355,19 @@ def main(argv=None):
     while it < args.iterations:
         t0 = time.time()
         # ---- 1. rollout: this rank's prompts, n samples each, from a plain copy of the current policy ----
-        idx = prompt_indices(it)[rank::world]
+        it_prompts = prompt_indices(it)  # global, the same list on every rank
+        positions = list(range(rank, len(it_prompts), world))  # this rank's share
+        idx = [it_prompts[p] for p in positions]
         sampler = decode_copy(policy, dist.full_state_dict(policy, rank0_only=False), sampler, dtype) \
             if (world > 1 or dtype != torch.float32) else policy
         outs = generate(sampler, tok, [prompts[i] for i in idx], n=args.n_samples, temperature=args.temperature,
-                        top_p=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed + 100_003 * it + rank,
-                        batch_size=max(64, len(idx) * args.n_samples))
+                        top_p=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed + 100_003 * it,
+                        batch_size=max(64, len(idx) * args.n_samples), keys=positions)
         samples = [(i, s) for i, group in zip(idx, outs) for s in group]
+        # global id of each local sample (position * n + k): minibatches are drawn from global ids, so that one
+        # process and N processes update on the same samples
+        local_of = {p * args.n_samples + k: j for j, (p, k) in
+                    enumerate((p, k) for p in positions for k in range(args.n_samples))}
         t1 = time.time()
 
         # ---- 2. reward: verifier -> correctness; reward.py -> (B, R, K) per-token rewards and their gammas ----
@@ -403,14 +409,14 @@ def main(argv=None):
         # ---- 5. update: epochs x shuffled minibatches x micro-batches, actor and critic ----
         policy.train(), critic.train()
         stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_frac_sum": 0.0, "approx_kl_sum": 0.0, "tokens": 0.0}
-        per_rank_batch = max(1, args.train_batch // world)
         gen = random.Random(args.seed * 31 + it)
         n_updates = 0
         for epoch in range(args.ppo_epochs):
-            perm = list(range(len(samples)))
+            perm = list(range(len(it_prompts) * args.n_samples))  # global sample ids
             gen.shuffle(perm)
-            for s in range(0, len(perm), per_rank_batch):
-                batch = sorted(perm[s:s + per_rank_batch], key=lambda b: lengths[b])
+            for s in range(0, len(perm), args.train_batch):
+                batch = sorted((local_of[g] for g in perm[s:s + args.train_batch] if g in local_of),
+                               key=lambda b: lengths[b])
                 n_tok = dist.sum_tensor(mask[batch].sum().reshape(1).double()).item()  # all ranks' tokens
                 mbs = micro_batches([P + lengths[b] for b in batch], args.micro_tokens, args.micro_batch)
                 lr_a = lr_at(it, args.iterations, args.actor_lr, warm, args.min_lr_ratio)
@@ -421,7 +427,7 @@ def main(argv=None):
                     g["lr"] = lr_c
                 for j in range(dist.max_int(len(mbs))):
                     real = j < len(mbs)
-                    mb = [batch[b] for b in mbs[j]] if real else batch[:1]
+                    mb = [batch[b] for b in mbs[j]] if real else [0]
                     x, a = ids[mb].to(device), attn[mb].to(device)
                     m = mask[mb].to(device) * float(real)  # a dummy micro-batch contributes zero
                     lp, _ = forward_response(policy, x, a, P, R, args.temperature)
@@ -434,8 +440,8 @@ def main(argv=None):
                             f"iteration {it}: non-finite loss (policy {pl.item()}, value {vl.item()}); stopping "
                             f"before the optimizer step, weights unchanged (last checkpoint: {ckpt})")
                     ((pl + vl) * world).backward()  # FSDP averages gradients over ranks; the sum is wanted
-                    stats["policy_loss"] += pl.item() * world / args.ppo_epochs
-                    stats["value_loss"] += vl.item() * world / args.ppo_epochs
+                    stats["policy_loss"] += pl.item() * world  # dist.mean below turns this into the global sum
+                    stats["value_loss"] += vl.item() * world
                     stats["clip_frac_sum"] += pm["clip_frac_sum"]
                     stats["approx_kl_sum"] += pm["approx_kl_sum"]
                     stats["tokens"] += float(m.sum())
@@ -459,7 +465,7 @@ def main(argv=None):
             "kl": float(kl.sum() / n_resp), "entropy": float((ent * mask).sum() / n_resp),
             "clip_frac": stats["clip_frac_sum"] / max(stats["tokens"], 1),
             "approx_kl": stats["approx_kl_sum"] / max(stats["tokens"], 1),
-            "policy_loss": stats["policy_loss"], "value_loss": stats["value_loss"],
+            "policy_loss": stats["policy_loss"] / max(n_updates, 1), "value_loss": stats["value_loss"] / max(n_updates, 1),
             "explained_variance": explained_variance(old_v, returns, mask),
             "grad_norm_actor": float(gn_a), "grad_norm_critic": float(gn_c),
             "tokens_per_s": sum(lengths) / max(t1 - t0, 1e-9),

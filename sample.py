@@ -59,6 +59,18 @@ def encode_prompt(tokenizer, text):
     return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
+def uniform(seed, keys, step):
+    """(B,) uniforms in [0, 1) from an integer hash of (seed, job key, step): each sample's randomness
+    depends only on which job it is, not on its slot, batch or rank, so results are the same however the
+    jobs are batched or split over ranks. int64 arithmetic: products wrap, and the masks keep 32 bits."""
+    M32 = 0xFFFFFFFF
+    x = (keys * 0x9E3779B1 + (step * 0x85EBCA77 + seed * 0xC2B2AE3D)) & M32
+    for mul in (0x7FEB352D, 0x846CA68B):  # a 32-bit integer mixer (xor-shift, multiply)
+        x = ((x ^ (x >> 16)) * mul) & M32
+    x = x ^ (x >> 16)
+    return (x >> 8).float() / float(1 << 24)  # 24 bits: exact in fp32, never 1.0
+
+
 class DecodeStep:
     """model(tokens, cache) for all slots; on CUDA captured once into a graph and replayed."""
 
@@ -89,22 +101,25 @@ class DecodeStep:
 
 @torch.no_grad()
 def generate(model: CausalLM, tokenizer, prompts, n=1, temperature=0.7, top_p=0.95, max_new_tokens=1024,
-             seed=0, batch_size=64, progress=False, cuda_graph=True) -> List[List[Sample]]:
-    """Sample `n` responses for each prompt (str, or a list of token ids). Returns one list per prompt."""
+             seed=0, batch_size=64, progress=False, cuda_graph=True, keys=None) -> List[List[Sample]]:
+    """Sample `n` responses for each prompt (str, or a list of token ids). Returns one list per prompt.
+    keys: a global integer id per prompt (default 0..len-1); sample k of prompt i draws its randomness from
+    (seed, keys[i] * n + k, step), so it does not depend on batching or on how prompts are split over ranks."""
     device = next(model.parameters()).device
     eos = torch.tensor(stop_ids(model, tokenizer), device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(eos[0])
     prompt_ids = [p if isinstance(p, list) else encode_prompt(tokenizer, p) for p in prompts]
-    jobs = [(i, ids) for i, ids in enumerate(prompt_ids) for _ in range(n)]  # waiting (prompt, sample) jobs
+    keys = list(range(len(prompts))) if keys is None else list(keys)
+    jobs = [(i, ids, keys[i] * n + k) for i, ids in enumerate(prompt_ids) for k in range(n)]  # waiting jobs
     results: List[List[Sample]] = [[] for _ in prompts]
     if not jobs:
         return results
     B = min(batch_size, len(jobs))
-    capacity = max(len(ids) for _, ids in jobs) + max_new_tokens
+    capacity = max(len(ids) for _, ids, _ in jobs) + max_new_tokens
     cache = KVCache(model.cfg, B, capacity, next(model.parameters()).dtype, device)
     step = DecodeStep(model, cache, cuda_graph and device.type == "cuda" and kernels.backend() == "triton")
-    gen = torch.Generator(device=device).manual_seed(seed)
     owner = [None] * B  # slot -> index of the prompt it serves
+    job_key = torch.zeros(B, dtype=torch.long, device=device)  # slot -> its job's random-stream key
     toks, lps = [[] for _ in range(B)], [[] for _ in range(B)]
     active = torch.zeros(B, dtype=torch.bool, device=device)
     logits = torch.zeros(B, model.cfg.vocab_size, device=device)
@@ -120,17 +135,19 @@ def generate(model: CausalLM, tokenizer, prompts, n=1, temperature=0.7, top_p=0.
         if free and jobs:  # continuous batching: refill free slots with waiting prompts (one prefill)
             take, jobs = jobs[:len(free)], jobs[len(free):]
             slots = free[:len(take)]
-            T = max(len(ids) for _, ids in take)
+            T = max(len(ids) for _, ids, _ in take)
             ids = torch.full((len(take), T), pad, dtype=torch.long, device=device)
             mask = torch.zeros_like(ids)
-            for r, (pi, p) in enumerate(take):  # right padding: prompt tokens sit at cache positions 0..len-1
+            for r, (pi, p, key) in enumerate(take):  # right padding: prompt tokens at cache positions 0..len-1
                 ids[r, :len(p)] = torch.tensor(p, device=device)
                 mask[r, :len(p)] = 1
                 owner[slots[r]], toks[slots[r]], lps[slots[r]] = pi, [], []
+                job_key[slots[r]] = key
             slot_t = torch.tensor(slots, device=device)
             logits[slot_t] = model(ids, attention_mask=mask, cache=cache, slots=slot_t).logits.float()
             active[slot_t] = True
-        u = torch.rand(B, generator=gen, device=device)  # the draw's randomness, reproducible from `seed`
+        steps = torch.tensor([len(t) for t in toks], device=device)
+        u = uniform(seed, job_key, steps)  # (B,) the draw's randomness, reproducible from `seed`
         new, new_lp = kernels.sample(logits, temperature, top_p, u)  # (B,), (B,)
         finished = active & torch.isin(new, eos)
         for s, (t, lp) in enumerate(zip(new.tolist(), new_lp.tolist())):  # one host sync per step

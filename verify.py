@@ -93,7 +93,7 @@ _CLOSER = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
 
 
 def _brace_group(s: str, i: int) -> int:
-    """s[i] == '{': index just past its matching '}' (escaped \{ \} ignored), or -1 if unbalanced."""
+    """s[i] is an opening brace: index just past its match (escaped braces ignored), or -1."""
     depth = 0
     for m in _BRACE_RE.finditer(s, i):
         c = m.group()
@@ -160,8 +160,7 @@ def extract_answer(text: str) -> str | None:
         rest = text[last.end():last.end() + 1000].lstrip()
         line = rest if rest.startswith(tuple(_CLOSER)) else rest.split("\n", 1)[0]
         inner = next(_math_segments(line), None)
-        ans = (inner if inner is not None else line).strip().strip("*").strip()
-        ans = re.sub(r"[.\s]+$", "", ans)
+        ans = re.sub(r"^[\s*]+|[\s.*]+$", "", inner if inner is not None else line)  # **12**. -> 12
         if ans:
             return ans
     return _last_math(text)

@@ -33,8 +33,6 @@ parser.add_argument("--rep", type=int, default=100, help="do_bench measuring tim
 parser.add_argument("--seed", type=int, default=0, help="random inputs are seeded so runs compare")
 
 CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede `import kernels` (kernels are defined at import)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -107,6 +105,8 @@ def main():
         n = compile_only()
         print(f"compiled {n} kernel variants for sm_90")
         return
+    if not CUDA:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede `import kernels` (kernels defined at import)
     import kernels
     from kernels import rmsnorm, rope, sampling
     da = kernels.decode_attention_mod
