@@ -1,14 +1,25 @@
 """Evaluation: sample answers, verify them, report accuracy, response length and reflection words.
 
+    python eval.py --model runs/ppo/checkpoint/policy --benchmarks math500,aime2024,theoremqa,mmlu_pro_1k
+    python eval.py --model tiny --benchmarks classroom --n 4 --max-new-tokens 400
+    torchrun --standalone --nproc_per_node 8 eval.py --model qwen-math-7b     # questions split across ranks
+    python eval.py --plot runs/ppo/            # training curves (accuracy, response length) -> runs/ppo/curves.png
+
     from eval import evaluate
     metrics, records = evaluate(model, tok, rows, n=1)   # rows: dicts with problem, answer, kind (data.py)
 
-`evaluate` is what sft.py and ppo.py call for their periodic held-out evaluation. Under torchrun each rank
-samples its share of the questions (from a plain decode copy of the model, see sample.decode_copy) and the
-counts are summed over ranks. Paper settings: temperature 0.7, top-p 0.95, up to 16,384 new tokens.
+`evaluate` is also what sft.py and ppo.py call for their periodic held-out evaluation. Under torchrun each
+rank samples its share of the questions and the counts are summed over ranks. Paper settings: temperature
+0.7, top-p 0.95, up to 16,384 new tokens, TheoremQA text-only questions. Writes OUT/<benchmark>.jsonl (one
+line per sample) and OUT/summary.json, and prints one table. Departures from the paper: MMLU-Pro-1k is our
+own seeded sample (data.py); accuracy is averaged over all n samples per question.
 """
+import argparse
+import json
 import math
+import os
 import re
+import sys
 
 import torch
 
@@ -58,3 +69,120 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.7, top_p=0.95, max_new_t
     metrics = {"accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / count), "mean_length": length / count,
                "truncation_rate": trunc / count, "reflections_per_response": refl / count, "n": int(count)}
     return metrics, records
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training curves
+# ----------------------------------------------------------------------------------------------------
+def read_curves(run_dir):
+    """(train, held_out) rows of a run's metrics.jsonl: step, accuracy, response length."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no metrics.jsonl (expected a run directory of sft.py or ppo.py)")
+    train, held = {}, {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+            step = r.get("iteration", r.get("step"))
+            if "eval/accuracy" in r:
+                held[step] = (r["eval/accuracy"], r["eval/mean_length"])
+            elif "accuracy" in r:
+                train[step] = (r["accuracy"], r["response_length"])  # a resumed run rewrites steps: last wins
+    return sorted((k, *v) for k, v in train.items()), sorted((k, *v) for k, v in held.items())
+
+
+def plot_curves(run_dir, out=None):
+    """Accuracy and response length against step (the paper's view of length stability) -> PNG."""
+    train, held = read_curves(run_dir)
+    out = out or os.path.join(run_dir, "curves.png")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for rows, style, name in ((train, "-", "rollouts"), (held, "o-", "held-out")):
+        if rows:
+            steps, acc, length = zip(*rows)
+            ax1.plot(steps, acc, style, label=name)
+            ax2.plot(steps, length, style, label=name)
+    ax1.set(xlabel="step", ylabel="accuracy", title="accuracy")
+    ax2.set(xlabel="step", ylabel="tokens", title="mean response length")
+    ax1.legend(), ax2.legend()
+    fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Evaluate a model on math benchmarks, or plot a run's curves")
+    a = ap.add_argument
+    a("--model", default="tiny", help="alias, HF dir or hub id (model.load)")
+    a("--benchmarks", default="math500,aime2024,theoremqa,mmlu_pro_1k", help="comma list; 'classroom' too")
+    a("--n", type=int, default=1, help="samples per question")
+    a("--limit", type=int, default=0, help="first K questions of each benchmark (0: all)")
+    a("--temperature", type=float, default=0.7, help="paper's setting")
+    a("--top-p", type=float, default=0.95, help="paper's setting")
+    a("--max-new-tokens", type=int, default=16384, help="paper's setting")
+    a("--batch-size", type=int, default=64, help="sampler slots")
+    a("--seed", type=int, default=0, help="sampling seed")
+    a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
+    a("--out", default="runs/eval", help="per-sample JSONL and summary.json go here")
+    a("--plot", metavar="RUN_DIR", help="instead of evaluating: draw RUN_DIR/metrics.jsonl to RUN_DIR/curves.png")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.plot:
+        print(f"wrote {plot_curves(args.plot)}")
+        return None
+    import data
+    import model as M
+    rank, world, device = dist.init()
+    dtype = torch.bfloat16 if (args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")) else torch.float32
+    net, tok = M.load(args.model, dtype=dtype, device=device)
+    os.makedirs(args.out, exist_ok=True)
+    summary = {}
+    for name in [b.strip() for b in args.benchmarks.split(",") if b.strip()]:
+        rows = data.classroom(args.limit or 200, seed=1, split="test") if name == "classroom" else data.load_benchmark(name)
+        rows = rows[:args.limit] if args.limit else rows
+        dist.print0(f"{name}: {len(rows)} questions x {args.n} samples")
+        metrics, records = evaluate(net, tok, rows, n=args.n, temperature=args.temperature, top_p=args.top_p,
+                                    max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                    batch_size=args.batch_size, progress=rank == 0)
+        path = os.path.join(args.out, f"{name}.jsonl" if world == 1 else f"{name}.rank{rank}.jsonl")
+        with open(path, "w") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        summary[name] = metrics
+    if rank == 0:
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump({"args": vars(args), "results": summary}, f, indent=2)
+        print(format_table(summary))
+    return summary
+
+
+def format_table(summary):
+    head = f"{'benchmark':<14}{'n':>6}{'accuracy':>16}{'length':>9}{'truncated':>11}{'reflections':>13}"
+    lines = [head, "-" * len(head)]
+    for name, m in summary.items():
+        acc = f"{100 * m['accuracy']:.1f} +- {100 * m['accuracy_se']:.1f}"
+        lines.append(f"{name:<14}{m['n']:>6}{acc:>16}{m['mean_length']:>9.0f}{100 * m['truncation_rate']:>10.1f}%"
+                     f"{m['reflections_per_response']:>13.2f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    finally:
+        dist.cleanup()

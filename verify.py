@@ -709,14 +709,14 @@ def _eq_equal(l1, r1, l2, r2) -> bool:
     return True
 
 
-def _scalar_equal(g, p, pct: bool) -> bool:
+def _scalar_equal(g, p, pct: tuple[bool, bool]) -> bool:
     if _expr_equal(g, p):
         return True
-    # "50\%" vs "0.5": either side may have dropped a percent sign
-    return pct and (_expr_equal(g / 100, p) or _expr_equal(g, p / 100))
+    # a side written with % may be meant as a fraction: gold "50\%" accepts 0.5, gold 0.5 accepts "50\%"
+    return pct[0] and _expr_equal(g / 100, p) or pct[1] and _expr_equal(g, p / 100)
 
 
-def _equal(g, p, pct: bool = False) -> bool:
+def _equal(g, p, pct: tuple[bool, bool] = (False, False)) -> bool:
     """Gold value g vs predicted value p (tuples from _value / _item)."""
     kg, kp = g[0], p[0]
     if kg == "expr" and kp == "expr":
@@ -794,9 +794,9 @@ def _math_equal(pred: str, gold: str, fast: bool = True) -> tuple[bool, str]:
         return False, "empty answer"
     if max(len(p), len(g)) > MAX_ANSWER_CHARS:
         return False, "mismatch (too long to parse)"
-    pct = p_pct or g_pct
+    pct = (g_pct, p_pct)
     fp, fg = _plain_number(p), _plain_number(g)
-    if fp is not None and fg is not None and not pct:
+    if fp is not None and fg is not None and not any(pct):
         return (fp == fg), "equal (number)" if fp == fg else "mismatch"
     mb = re.fullmatch(r"(\w+)_(\d+)", g)  # base-n answer "204_5" given without the base
     if mb and p == mb.group(1):
@@ -868,6 +868,8 @@ def _letter(s: str | None) -> str | None:
     if s is None:
         return None
     s = _drop_text(s).replace("*", "").replace("$", "").strip()
+    if re.search(r"[A-J]\)?\s*(?:,|/|\bor\b|\band\b)\s*\(?[A-J]\b", s):  # "A, B" / "(A) or (B)": no single answer
+        return None
     m = _LETTER_FULL.fullmatch(s) or _LETTER_HEAD.match(s)
     return None if m is None else next(g for g in m.groups() if g).upper()
 
@@ -892,9 +894,8 @@ _TRUE, _FALSE = {"true", "yes", "correct", "t", "y"}, {"false", "no", "incorrect
 def _to_bool(s: str | None) -> bool | None:
     if s is None:
         return None
-    m = re.match(r"[a-z]+", _drop_text(s).replace("*", "").strip().lower())
-    w = m.group() if m else ""
-    return True if w in _TRUE else False if w in _FALSE else None
+    said = {w in _TRUE for w in re.findall(r"[a-z]+", _drop_text(s).lower()) if w in _TRUE | _FALSE}
+    return said.pop() if len(said) == 1 else None  # "True or False" says nothing
 
 
 _KINDS = {"math": "math", "choice": "choice", "mc": "choice", "multiple_choice": "choice",

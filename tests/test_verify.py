@@ -92,6 +92,8 @@ CASES = [
     (B(r"31^\circ"), "30", "math", False),
     (B(r"51\%"), "50", "math", False),
     (B("0.51"), r"50\%", "math", False),
+    (B("5000"), r"50\%", "math", False),
+    (B(r"0.5\%"), "50", "math", False),
     (B(r"\$18.91"), "18.90", "math", False),
     (B("1,001"), "1000", "math", False),
     (B("1000"), "1,001", "math", False),
@@ -272,6 +274,8 @@ CASES = [
     (B("A"), "B", "choice", False),
     ("It could be (A) or (B), hard to say.", "A", "choice", False),
     ("The answer is a function of the temperature.", "A", "choice", False),
+    (B("A, B, C, D"), "A", "choice", False),
+    ("The answer is (A) or (B).", "A", "choice", False),
     # ---- TheoremQA: integer -------------------------------------------------------------------------
     ("The answer is 11760.", "11760", "integer", True),
     (B("11,760"), "11760", "integer", True),
@@ -306,6 +310,7 @@ CASES = [
     ("The answer is no", "False", "bool", True),
     (B("False"), "True", "bool", False),
     ("The answer is maybe", "True", "bool", False),
+    (B("True or False"), "True", "bool", False),
     # ---- TheoremQA: lists ---------------------------------------------------------------------------
     (B("[0, 5]"), "[0, 5]", "list of integer", True),
     (B("(0, 5)"), "[0, 5]", "list of integer", True),

@@ -1,0 +1,50 @@
+"""eval.py: reflection-word counts, the summary table, the CLI on the classroom task, training-curve plots."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import eval as E
+
+
+def test_reflection_counts_whole_words_case_insensitive():
+    text = "Wait, let me recheck. Waiting is not a reflection; however, TRY  AGAIN. Alternatively retry. rethink"
+    c = E.reflection_counts(text)
+    assert c == {"wait": 1, "recheck": 1, "retry": 1, "alternatively": 1, "however": 1, "rethink": 1, "try again": 1}
+    assert sum(E.reflection_counts("no reflection here").values()) == 0
+
+
+def test_format_table():
+    t = E.format_table({"math500": {"n": 500, "accuracy": 0.5, "accuracy_se": 0.0224, "mean_length": 812.4,
+                                    "truncation_rate": 0.03, "reflections_per_response": 1.25}})
+    assert "math500" in t and "50.0 +- 2.2" in t and "812" in t and "3.0%" in t and "1.25" in t
+
+
+def test_cli_classroom_writes_samples_and_summary(tmp_path):
+    r = subprocess.run([sys.executable, "eval.py", "--model", "tiny", "--benchmarks", "classroom", "--limit", "5",
+                        "--n", "2", "--max-new-tokens", "12", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "classroom.jsonl").read_text().splitlines()]
+    assert len(rows) == 10 and all(row["num_tokens"] <= 12 for row in rows)
+    summary = json.loads((tmp_path / "summary.json").read_text())["results"]["classroom"]
+    assert summary["n"] == 10 and summary["accuracy"] == sum(row["correct"] for row in rows) / 10
+    assert "classroom" in r.stdout and "accuracy" in r.stdout
+
+
+def test_plot_curves(tmp_path):
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for it in range(1, 6):
+            f.write(json.dumps({"iteration": it, "accuracy": 0.1 * it, "response_length": 100 + it}) + "\n")
+            if it % 2 == 0:
+                f.write(json.dumps({"iteration": it, "eval/accuracy": 0.1 * it, "eval/mean_length": 90.0}) + "\n")
+    train, held = E.read_curves(str(tmp_path))
+    assert [t[0] for t in train] == [1, 2, 3, 4, 5] and [h[0] for h in held] == [2, 4]
+    pytest.importorskip("matplotlib")
+    out = E.plot_curves(str(tmp_path))
+    assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
+        E.read_curves(str(tmp_path / "bad"))
