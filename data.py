@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="use only the first K prompts (smoke tests)")
     s.add_argument("--batch-prompts", type=int, default=8, help="prompts per generate call; results stream to disk")
     s.add_argument("--seed", type=int, default=0, help="sampling seed; batch i uses seed + i")
-    s.add_argument("--out", default="sft_long.jsonl", help="output SFT JSONL (id, problem, prompt, response, n_tokens)")
+    s.add_argument("--out", default="sft_long.jsonl", help="output SFT JSONL (id, problem, answer, prompt, response, n_tokens)")
     s.add_argument("--stats", default=None, help="statistics JSON; default: <out>.stats.json")
     return p
 
@@ -465,8 +465,8 @@ def _wrong(value: int, rng: random.Random, lo: int, hi: int) -> int:
     return rng.choice(choices)
 
 
-def _column_steps(a: int, b: int, op: str) -> tuple[list[tuple[str, ...]], int]:
-    """Per column, right to left: (left side, value, written digit, carry/borrow out) and the final carry."""
+def _column_steps(a: int, b: int, op: str) -> tuple[list[tuple[str, int]], int]:
+    """Per column, right to left, (left-hand side, its value), e.g. ("8+7+0", 15); and the final carry."""
     steps, c = [], 0
     if op == "add":
         da, db = _digits(a), _digits(b)
@@ -630,7 +630,7 @@ def distill(generate_fn: Callable[[list[str], int], list[list]], rows: Sequence[
     A sample is accepted when it verifies and ended with EOS (a truncated trace would teach the student to
     stop mid-thought). Accepted samples are kept in sampling order, not by length, so the kept set is not
     biased towards short answers. sink, if given, receives each batch's kept rows (to stream them to disk).
-    Returns (kept rows {id, problem, prompt, response, n_tokens}, statistics as in distill_stats);
+    Returns (kept rows {id, problem, answer, prompt, response, n_tokens}, statistics as in distill_stats);
     n_tokens is len(sample.token_ids), which counts the EOS token (sample.py includes it).
     """
     if n < 1 or max_per_prompt < 1 or batch_prompts < 1:
@@ -662,7 +662,8 @@ def distill(generate_fn: Callable[[list[str], int], list[list]], rows: Sequence[
                 accepted += 1
                 if accepted <= max_per_prompt:
                     batch_kept.append({"id": row.get("id", str(start + j)), "problem": row["problem"],
-                                       "prompt": prompt, "response": s.text, "n_tokens": len(s.token_ids)})
+                                       "answer": row["answer"], "prompt": prompt, "response": s.text,
+                                       "n_tokens": len(s.token_ids)})
                     kept_tokens.append(len(s.token_ids))
             n_accepted.append(accepted)
         kept += batch_kept
@@ -742,4 +743,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:  # bad data or no network: one clear line instead of a traceback
+        raise SystemExit(f"error: {e}") from None

@@ -268,11 +268,7 @@ def ensure_start(args):
     if not os.path.exists(done):
         import sft
         dist.print0(f"no classroom SFT result in {args.sft_out}: running `python sft.py --out {args.sft_out}` first")
-        ev = sft.main(["--out", args.sft_out, "--seed", str(args.seed)])
-        if dist.rank() == 0:
-            with open(done, "w") as f:
-                json.dump(ev, f)
-        dist.barrier()
+        sft.main(["--out", args.sft_out, "--seed", str(args.seed)])  # writes done.json when finished
     return ckpt
 
 
@@ -496,6 +492,8 @@ def main(argv=None):
         first, last = evals[0], evals[-1]
         print(f"held-out accuracy {first['eval/accuracy']:.2f} -> {last['eval/accuracy']:.2f} "
               f"(n={last['eval/n']})", flush=True)
+        return first, last
+    return None
 
 
 if __name__ == "__main__":

@@ -247,6 +247,9 @@ def main(argv=None):
 
     ev = run_eval(args, model, tok, eval_rows, step, dtype)
     log({"step": step, **{f"eval/{k}": v for k, v in ev.items()}})
+    if rank == 0:  # marks the run finished (ppo.py reuses a finished classroom SFT run)
+        with open(os.path.join(args.out, "done.json"), "w") as f:
+            json.dump(ev, f)
     dist.print0(f"checkpoint: {ckpt} (loadable with model.load)")
     dist.print0(f"held-out accuracy {ev['accuracy']:.2f} (n={ev['n']}), mean response length {ev['mean_length']:.0f} tokens")
     return ev

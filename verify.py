@@ -63,7 +63,7 @@ class Args:  # the CLI: python verify.py --text ... --gold ... --kind ...
     kind: str = "math"  # answer type: math, choice, integer, float, bool, list, option
 
 
-MAX_ANSWER_CHARS = 2000  # longer extracted answers are only compared as raw strings (no MATH gold is >300)
+MAX_ANSWER_CHARS = 2000  # longer answers are only compared as strings (the longest MATH gold has 159 chars)
 MAX_DIGITS = 20000  # largest exact number we let sympy build (2^4950 in MATH train has 1490 digits)
 MAX_DEPTH = 60  # parser nesting limit (keeps Python recursion far from its limit)
 NUMERIC_DPS = 50  # digits for numeric evaluation of irrational constants
@@ -80,6 +80,19 @@ class Grade(NamedTuple):
 
 class _Refuse(Exception):
     """Input outside what we are willing to parse or evaluate (too big, unknown token, ...)."""
+
+
+def _cache(maxsize: int):
+    """lru_cache that skips oversized string arguments (a degenerate policy must not fill RAM)."""
+    def deco(f):
+        cached = lru_cache(maxsize)(f)
+
+        def g(*args, **kw):
+            big = any(isinstance(a, str) and len(a) > MAX_ANSWER_CHARS for a in (*args, *kw.values()))
+            return f(*args, **kw) if big else cached(*args, **kw)
+        g.cache_clear, g.__doc__ = cached.cache_clear, f.__doc__
+        return g
+    return deco
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,6 +195,17 @@ _UNIT_WORDS = {"cm", "mm", "km", "m", "ft", "in", "yd", "mi", "kg", "g", "mg", "
 _UNIT_TAIL_RE = re.compile(r"(?<=[\d}).])\s+([a-zA-Z/]+\.?(?:\s+[a-zA-Z/]+\.?)*)\s*(?:\^\{?\d\}?)?\s*$")
 
 
+_OVERLINE_RE = re.compile(r"(\d{0,50})\.(\d{0,50})\\(?:overline|bar)\{(\d{1,50})\}")
+
+
+def _repeating(m) -> str:
+    """0.1\\overline{6} -> \\frac{1}{6} (a repeating decimal is an exact rational)."""
+    whole, fixed, rep = m.groups()
+    x = Fraction(int(whole or 0)) + Fraction(int(fixed or 0), 10 ** len(fixed))
+    x += Fraction(int(rep), (10 ** len(rep) - 1) * 10 ** len(fixed))
+    return f"\\frac{{{x.numerator}}}{{{x.denominator}}}"
+
+
 def _drop_text(s: str) -> str:
     r"""\text{..}-like wrappers: units after a value are dropped ("5\text{ cm}" -> "5"), connectives
     become commas ("1 \text{ or } 2" -> "1,2"), anything else is unwrapped ("\text{(C)}" -> "(C)")."""
@@ -200,7 +224,7 @@ def _drop_text(s: str) -> str:
     return s
 
 
-@lru_cache(maxsize=16384)
+@_cache(16384)
 def _normalize(s: str) -> tuple[str, bool]:
     """MATH-style answer -> (canonical string, had a percent sign). Pure string work, linear time."""
     s = s.strip()
@@ -215,6 +239,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
     s = re.sub(r"\\phantom\s*(?:\{[^{}]*\}|.)", "", s)
     s = _DEGREE_RE.sub("", s)
+    s = _OVERLINE_RE.sub(_repeating, s)
     pct = "%" in s
     s = s.replace(r"\%", "").replace("%", "").replace(r"\$", "").replace("$", "")
     s = _drop_text(s)
@@ -229,11 +254,11 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\s+", "", s).replace("\x00", " ")
     s = re.sub(r",+", ",", s).strip(",")
     s = re.sub(r"[.,;]+$", "", s)
-    s = re.sub(r"_\{(\w+)\}", r"_\1", s)
-    s = re.sub(r"\^\{(\w)\}", r"^\1", s)
+    s = re.sub(r"_\{(\w+)\}$", r"_\1", s)  # base-n answers: 4210_{5} -> 4210_5
+    s = re.sub(r"\^\{(\w)\}(?!\d)", r"^\1", s)  # x^{2} -> x^2 (not x^{2}3 -> x^23)
     if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):  # 1,000 -> 1000, but (1,2) is a tuple
         s = s.replace(",", "")
-    s = re.sub(r"\{(-?\d{1,3}(?:,\d{3})+)\}", lambda m: "{" + m.group(1).replace(",", "") + "}", s)  # \frac{1}{20,000}
+    s = re.sub(r"\{(-?\d{1,3}(?:,\d{3})+)\}", lambda m: m.group().replace(",", ""), s)  # \frac{1}{20,000}
     m = re.fullmatch(r"\(([A-Za-z])\)|([A-Z])\)", s)  # (C) -> C
     if m:
         s = m.group(1) or m.group(2)
@@ -252,7 +277,8 @@ _INVERSE = {"sin": sp.asin, "cos": sp.acos, "tan": sp.atan}
 _GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta",
           "iota", "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "phi", "varphi", "chi", "psi",
           "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi", "Omega"}
-_ATOM_CMDS = {"frac", "sqrt", "binom", "pi", "infty", "lfloor", "lceil", "imath"} | _GREEK
+_CONSTANTS = {"pi": sp.pi, "infty": sp.oo, "imath": sp.I}
+_ATOM_CMDS = {"frac", "sqrt", "binom", "lfloor", "lceil"} | set(_CONSTANTS) | _GREEK
 _MAX_BITS = int(MAX_DIGITS * 3.33)
 
 
@@ -294,10 +320,8 @@ def _pow(b, e):
 
 
 def _factorial(n):
-    if n.is_number:
-        if not (n.is_Integer and 0 <= n <= 2000):
-            raise _Refuse("factorial too large")
-        return sp.factorial(n)
+    if n.is_number and not (n.is_Integer and 0 <= n <= 2000):
+        raise _Refuse("factorial too large")
     return sp.factorial(n)
 
 
@@ -425,8 +449,8 @@ class _Parser:
 
     def arg(self):
         k, t = self.peek()
-        if t == "{":
-            return self.group("{", "}")
+        if t in ("{", "("):  # \frac{a}{b}; plain-text sqrt(2)
+            return self.group(t, "}" if t == "{" else ")")
         if k in ("num", "word"):
             return self.one_char()
         if k == "cmd":
@@ -511,12 +535,8 @@ class _Parser:
             x = self.expr()
             self.expect("\\r" + name[1:])
             return sp.floor(x) if name == "lfloor" else sp.ceiling(x)
-        if name == "pi":
-            return sp.pi
-        if name == "infty":
-            return sp.oo
-        if name == "imath":
-            return sp.I
+        if name in _CONSTANTS:
+            return _CONSTANTS[name]
         if name in _GREEK:
             return sp.Symbol(name)
         if name in _FUNCS:
@@ -543,7 +563,7 @@ class _Parser:
         return f if p is None else _pow(f, p)
 
 
-@lru_cache(maxsize=16384)
+@_cache(16384)
 def _parse_expr(s: str):
     """A normalised scalar answer -> sympy expression, or None if it is not (our) algebra."""
     if not s or len(s) > MAX_ANSWER_CHARS:
@@ -593,14 +613,16 @@ _MATRIX_RE = re.compile(r"\\begin\{([pbvB]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\e
 
 def _expand_pm(s: str) -> list[str]:
     """"1 \\pm \\sqrt{2}" -> the two solutions; containers (sets, tuples, matrices) expand their own items."""
-    if r"\pm" not in s and r"\mp" not in s or s.startswith(("\\{", "\\begin")) or s[:1] in "([" and _closing(s, 0) == len(s) - 1:
+    container = s.startswith(("\\{", "\\begin")) or s[:1] in "([" and _closing(s, 0) == len(s) - 1
+    if r"\pm" not in s and r"\mp" not in s or container:
         return [s]
     return [s.replace(r"\pm", "+").replace(r"\mp", "-"), s.replace(r"\pm", "-").replace(r"\mp", "+")]
 
 
 def _item(s: str):
     """One part of an answer -> value tuple:
-    ("expr", e, var) | ("eq", lhs, rhs) | ("seq", "(", "]", items) | ("set", items) | ("matrix", rows) | ("text", s)"""
+    ("expr", e, var) | ("eq", lhs, rhs) | ("seq", "(", "]", items) | ("set", items) | ("matrix", rows)
+    | ("text", s)"""
     m = _MATRIX_RE.fullmatch(s)
     if m:
         rows = [r for r in m.group(2).split("\\\\") if r.strip()]
@@ -625,7 +647,7 @@ def _item(s: str):
     return ("expr", e, None) if e is not None else ("text", s.lower())
 
 
-@lru_cache(maxsize=16384)
+@_cache(16384)
 def _value(s: str):
     r"""Normalised answer -> value: an item, a ("list", items) of comma-separated solutions,
     or a ("union", seqs) of intervals joined by \cup."""
@@ -648,8 +670,10 @@ def _numeric(x, subs=None):
     """(re, im) as sympy Floats at NUMERIC_DPS digits, or None if not a finite number."""
     if x.has(sp.oo, sp.zoo, sp.nan):
         return None
-    v = x.evalf(NUMERIC_DPS, subs=subs)
-    re_, im_ = v.as_real_imag()
+    try:
+        re_, im_ = x.evalf(NUMERIC_DPS, subs=subs).as_real_imag()
+    except (ArithmeticError, ValueError, TypeError):  # e.g. floor(10^1999 pi): precision exhausted
+        return None
     if not (re_.is_Number and im_.is_Number) or re_.has(sp.nan, sp.oo, sp.zoo) or im_.has(sp.nan, sp.oo, sp.zoo):
         return None
     return re_, im_
@@ -783,7 +807,7 @@ def _plain_number(s: str) -> Fraction | None:
     return Fraction(num, den) if den else None
 
 
-@lru_cache(maxsize=65536)
+@_cache(65536)
 def _math_equal(pred: str, gold: str, fast: bool = True) -> tuple[bool, str]:
     """Normalised predicted vs gold MATH answer -> (equal, reason). fast=False skips the string
     shortcut (tests use it to push every gold through the parser)."""
@@ -839,16 +863,16 @@ def _number_ok(p, pct: bool, gold: str, mode: str) -> bool:
     gv = _to_number(gold)
     if gv is None:
         return False
-    g = gv[0]
-    cands = [p, p / 100] if pct else [p]  # "25%" may mean 25 or 0.25
-    for c in cands:
-        if mode == "integer" or mode == "auto" and re.fullmatch(r"\s*[-+]?\d+\s*", gold):
-            if _expr_equal(c, g):
-                return True
+    g, (g_re, g_im) = gv[0], _numeric(gv[0])
+    exact = mode == "integer" or mode == "auto" and re.fullmatch(r"\s*[-+]?\d+\s*", gold) or g_im != 0
+    for c in [p, p / 100] if pct else [p]:  # "25%" may mean 25 or 0.25
+        if exact:
+            ok = _expr_equal(c, g)
         else:
-            re_, im_ = _numeric(c) or (None, None)
-            if re_ is not None and im_ == 0 and _float_ok(float(re_), float(g), gold):
-                return True
+            c_re, c_im = _numeric(c) or (None, None)
+            ok = c_re is not None and c_im == 0 and _float_ok(float(c_re), float(g_re), gold)
+        if ok:
+            return True
     return False
 
 
@@ -888,7 +912,7 @@ def _extract_choice(text: str) -> str | None:
     return None
 
 
-_TRUE, _FALSE = {"true", "yes", "correct", "t", "y"}, {"false", "no", "incorrect", "f", "n"}
+_TRUE, _FALSE = {"true", "yes", "correct"}, {"false", "no", "incorrect"}
 
 
 def _to_bool(s: str | None) -> bool | None:
@@ -904,50 +928,61 @@ _KINDS = {"math": "math", "choice": "choice", "mc": "choice", "multiple_choice":
           "option": "option"}
 
 
-def _grade(text: str, gold: str, kind: str) -> Grade:
-    if kind in ("choice", "option"):
-        letter = _extract_choice(text)
-        want = _letter(gold)
-        if letter is None:
-            return Grade(False, "no answer", None)
-        return Grade(letter == want, "equal" if letter == want else "mismatch", letter)
-    ans = extract_answer(text)
+def _extract(text: str, kind: str) -> str | None:
+    """Stage 1, text work only (linear-time regexes): the candidate answer for this kind."""
+    return _extract_choice(text) if kind in ("choice", "option") else extract_answer(text)
+
+
+def _judge(ans: str | None, gold: str, kind: str) -> Grade:
+    """Stage 2: the extracted answer vs the gold answer (this is where sympy runs)."""
     if ans is None:
         return Grade(False, "no answer", None)
-    if kind == "math":
+    if kind in ("choice", "option"):
+        ok = ans == _letter(gold)
+    elif kind == "math":
         if gold.lstrip().startswith(("\\boxed", "\\fbox")):
             gold = _last_boxed(gold) or gold
         ok, why = _math_equal(ans, gold)
         return Grade(ok, why, ans)
-    if kind == "bool":
-        p, g = _to_bool(ans), _to_bool(gold)
-        ok = p is not None and p == g
-        return Grade(ok, "equal" if ok else "mismatch", ans)
-    if kind in ("integer", "float"):
+    elif kind == "bool":
+        p = _to_bool(ans)
+        ok = p is not None and p == _to_bool(gold)
+    elif kind in ("integer", "float"):
         pv = _to_number(ans)
         ok = pv is not None and _number_ok(pv[0], pv[1], gold, kind)
-        return Grade(ok, "equal" if ok else ("mismatch" if pv else "mismatch (not a number)"), ans)
-    # lists: same length, element by element in order
-    ps = _split_top(_strip_brackets(_normalize(ans)[0]), ",")
-    gs = [x.strip() for x in _split_top(_strip_brackets(gold), ",")]
-    pvs = [_to_number(x) for x in ps]
-    ok = len(ps) == len(gs) and all(
-        pv is not None and _number_ok(pv[0], pv[1], g, {"list of integer": "integer", "list of float": "float"}.get(kind, "auto")) for pv, g in zip(pvs, gs))
+    else:  # lists: same length, element by element, in order
+        ps = _split_top(_strip_brackets(_normalize(ans)[0]), ",")
+        gs = _split_top(_strip_brackets(gold), ",")
+        mode = {"list of integer": "integer", "list of float": "float"}.get(kind, "auto")
+        pvs = [_to_number(x) for x in ps] if len(ps) == len(gs) else []
+        ok = len(ps) == len(gs) and all(pv is not None and _number_ok(*pv, g.strip(), mode) for pv, g in zip(pvs, gs))
     return Grade(ok, "equal" if ok else "mismatch", ans)
 
 
-def grade(text: str, gold: str, kind: str = "math") -> Grade:
-    """Grade one response against a gold answer. Never raises: bad input is simply not correct."""
+def _kind(text, gold, kind) -> str | Grade:
+    """The canonical kind, or the Grade for input that cannot be graded at all."""
     if not isinstance(text, str) or not isinstance(gold, str) or not isinstance(kind, str):
         return Grade(False, "bad input", None)
     k = _KINDS.get(kind.strip().lower())
     if k is None:
-        warnings.warn(f"verify.grade: unknown kind {kind!r}; expected one of {sorted(_KINDS)}", stacklevel=2)
+        warnings.warn(f"verify: unknown kind {kind!r}; expected one of {sorted(_KINDS)}", stacklevel=3)
         return Grade(False, f"unknown kind {kind!r}", None)
+    return k
+
+
+def _safely(f, *args) -> Grade:
     try:
-        return _grade(text, gold, k)
+        return f(*args)
     except Exception as e:  # noqa: BLE001 -- a reward function must not crash training
         return Grade(False, f"error: {type(e).__name__}", None)
+
+
+def grade(text: str, gold: str, kind: str = "math") -> Grade:
+    """Grade one response against a gold answer. Never raises: bad input is simply not correct."""
+    k = _kind(text, gold, kind)
+    if isinstance(k, Grade):
+        return k
+    return _safely(lambda: _judge(_extract(text, k), gold, k))
 
 
 def is_correct(text: str, gold: str, kind: str = "math") -> bool:
@@ -956,9 +991,9 @@ def is_correct(text: str, gold: str, kind: str = "math") -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. Batch: persistent worker subprocesses, one item at a time each, killed on timeout
+# 5. Batch: persistent worker subprocesses, a few items queued on each, killed on timeout
 # ----------------------------------------------------------------------------------------------
-class _Timeout(BaseException):  # BaseException so grade()'s `except Exception` cannot swallow it
+class _Timeout(BaseException):  # BaseException so `except Exception` inside grading cannot swallow it
     pass
 
 
@@ -966,29 +1001,26 @@ def _on_alarm(signum, frame):
     raise _Timeout()
 
 
-def _grade_in_process(text, gold, kind, timeout: float) -> Grade:
-    """workers=1: grade here, time-limited by SIGALRM when we are the main thread of a Unix process
+def _judge_in_process(ans, gold, kind, timeout: float) -> Grade:
+    """workers=1: judge here, time-limited by SIGALRM when we are the main thread of a Unix process
     (elsewhere only the parser's own size limits apply)."""
     if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        return grade(text, gold, kind)
+        return _safely(_judge, ans, gold, kind)
     old = signal.signal(signal.SIGALRM, _on_alarm)
     try:
         try:
             signal.setitimer(signal.ITIMER_REAL, timeout)
-            return grade(text, gold, kind)
+            return _safely(_judge, ans, gold, kind)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except _Timeout:
-        return Grade(False, "timeout", extract_answer(text))
+        return Grade(False, "timeout", ans)
     finally:
         signal.signal(signal.SIGALRM, old)
 
 
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); import verify; verify._serve()")
-
-
 def _serve():
-    """Worker main loop: one JSON line [text, gold, kind] in, one [correct, reason, extracted] out."""
+    """Worker main loop: one JSON line [answer, gold, kind] in, one [correct, reason, extracted] out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # stray prints go to stderr, never into the protocol
@@ -999,17 +1031,21 @@ def _serve():
         pass
     out.write(b"ready\n")
     for line in sys.stdin.buffer:
-        text, gold, kind = json.loads(line)
-        if kind == "__sleep__":  # test hook: lets tests exercise the timeout path deterministically
-            time.sleep(float(gold))
-        out.write((json.dumps(list(grade(text, gold, kind))) + "\n").encode())
+        ans, gold, kind = json.loads(line)
+        if gold == "__sleep__":  # test hook: lets the tests exercise the timeout path deterministically
+            time.sleep(60)
+        out.write((json.dumps(list(_safely(_judge, ans, gold, kind))) + "\n").encode())
 
 
 class _Worker:
     def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, os.path.dirname(os.path.abspath(__file__))],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        self.buf, self.ready, self.item, self.t0 = b"", False, None, time.monotonic()
+        here = os.path.dirname(os.path.abspath(__file__))
+        boot = "import sys; sys.path.insert(0, sys.argv[1]); import verify; verify._serve()"
+        self.proc = subprocess.Popen([sys.executable, "-c", boot, here], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, bufsize=0)
+        self.buf, self.ready, self.t0 = b"", False, time.monotonic()
+        self.queue: deque[int] = deque()  # items sent and not answered yet; the first is being judged
+        self.inflight = 0  # their bytes: kept under PIPE_BUDGET so a write never blocks
 
     def kill(self):
         for f in (self.proc.stdin, self.proc.stdout):
@@ -1022,75 +1058,91 @@ class _Worker:
 
 
 class _Pool:
-    """A reusable set of worker processes (started once, ~1 s; kept for the next grade_batch call)."""
+    """Reusable worker processes (started on first use, ~1 s; kept for later grade_batch calls).
+    The parent extracts answers (linear-time text work) and ships only (answer, gold, kind)."""
     STARTUP_S = 120.0  # a worker that is not ready by then is considered broken
+    PIPELINE = 8  # items queued per worker, to hide the pipe round trip
+    PIPE_BUDGET = 32 << 10  # bytes in flight per worker; below the 64 KiB pipe buffer, so writes never block
 
     def __init__(self, n: int):
         self.n, self.workers = n, [_Worker() for _ in range(n)]
+        self.sel = selectors.DefaultSelector()
+        for w in self.workers:
+            self.sel.register(w.proc.stdout, selectors.EVENT_READ, w)
 
     def close(self):
         for w in self.workers:
             w.kill()
         self.workers = []
+        self.sel.close()
 
-    def run(self, jobs: list, timeout: float) -> list[Grade]:
-        out: list[Grade | None] = [None] * len(jobs)
-        todo, left, failures = deque(range(len(jobs))), len(jobs), 0
-        sel = selectors.DefaultSelector()
-        for w in self.workers:
-            sel.register(w.proc.stdout, selectors.EVENT_READ, w)
-        try:
-            while left:
-                for w in self.workers:  # hand out work
-                    if w.ready and w.item is None and todo:
-                        i = todo.popleft()
-                        w.item, w.t0 = i, time.monotonic()
-                        try:
-                            w.proc.stdin.write((json.dumps(jobs[i]) + "\n").encode())
-                        except OSError:
-                            pass  # died: noticed as EOF below
-                now = time.monotonic()
-                waits = [w.t0 + (timeout if w.ready else self.STARTUP_S) - now for w in self.workers
-                         if w.item is not None or not w.ready]
-                for key, _ in sel.select(max(0.0, min(waits)) if waits else None):
-                    w = key.data
-                    data = os.read(w.proc.stdout.fileno(), 1 << 20)
-                    if not data:  # the worker died (e.g. memory limit); its item is not correct
-                        if w.item is not None:
-                            out[w.item], left = Grade(False, "worker died", None), left - 1
-                        failures += not w.ready
-                        self._replace(w, sel)
-                        continue
-                    w.buf += data
-                    while b"\n" in w.buf:
-                        line, w.buf = w.buf.split(b"\n", 1)
-                        if line == b"ready":
-                            w.ready = True
-                        elif w.item is not None:
-                            out[w.item], w.item, left = Grade(*json.loads(line)), None, left - 1
-                now = time.monotonic()
-                for w in list(self.workers):
-                    if w.item is not None and now - w.t0 > timeout:
-                        out[w.item], left = Grade(False, "timeout", extract_answer(jobs[w.item][0])), left - 1
-                        self._replace(w, sel)
-                    elif not w.ready and now - w.t0 > self.STARTUP_S:
-                        failures += 1
-                        self._replace(w, sel)
-                if failures > 2 * self.n:  # workers cannot start here: finish in this process
-                    for i in list(todo) + [w.item for w in self.workers if w.item is not None]:
-                        out[i] = _grade_in_process(*jobs[i], timeout)
-                    self.close()
-                    break
-        finally:
-            sel.close()
-        return out
-
-    def _replace(self, w: _Worker, sel):
-        sel.unregister(w.proc.stdout)
+    def _replace(self, w: _Worker, todo: deque, out: list, why: str, answers: list) -> int:
+        """Kill w and start a fresh worker; returns how many items got their final grade (0 or 1)."""
+        done = 0
+        if w.queue:  # the item being judged is lost; the ones queued behind it go back to the queue
+            i = w.queue.popleft()
+            out[i], done = Grade(False, why, answers[i]), 1
+            todo.extendleft(reversed(w.queue))
+        self.sel.unregister(w.proc.stdout)
         w.kill()
         fresh = _Worker()
         self.workers[self.workers.index(w)] = fresh
-        sel.register(fresh.proc.stdout, selectors.EVENT_READ, fresh)
+        self.sel.register(fresh.proc.stdout, selectors.EVENT_READ, fresh)
+        return done
+
+    def run(self, jobs: list[tuple], timeout: float) -> list[Grade]:
+        msgs = [(json.dumps(j) + "\n").encode() for j in jobs]
+        out: list[Grade | None] = [None] * len(jobs)
+        todo, failures, left = deque(range(len(jobs))), 0, len(jobs)
+        answers = [j[0] for j in jobs]
+        while left:
+            now = time.monotonic()
+            for w in list(self.workers):  # hand out work (to live workers: one may have died idle)
+                if w.ready and not w.queue and w.proc.poll() is not None:
+                    self._replace(w, todo, out, "worker died", answers)
+                    continue
+                while w.ready and todo and len(w.queue) < self.PIPELINE and (
+                        not w.queue or w.inflight + len(msgs[todo[0]]) <= self.PIPE_BUDGET):
+                    i = todo.popleft()
+                    if not w.queue:
+                        w.t0 = now
+                    w.queue.append(i)
+                    w.inflight += len(msgs[i])
+                    try:
+                        w.proc.stdin.write(msgs[i])
+                    except OSError:
+                        break  # died: noticed as EOF below
+            waits = [w.t0 + (timeout if w.ready else self.STARTUP_S) - now for w in self.workers
+                     if w.queue or not w.ready]
+            for key, _ in self.sel.select(max(0.0, min(waits)) if waits else None):
+                w = key.data
+                data = os.read(w.proc.stdout.fileno(), 1 << 20)
+                if not data:  # the worker died (e.g. its memory limit); its current item is not correct
+                    failures += not w.ready
+                    left -= self._replace(w, todo, out, "worker died", answers)
+                    continue
+                w.buf += data
+                while b"\n" in w.buf:
+                    line, w.buf = w.buf.split(b"\n", 1)
+                    if line == b"ready":
+                        w.ready, w.t0 = True, time.monotonic()
+                    elif w.queue:
+                        i = w.queue.popleft()
+                        out[i], w.t0, left = Grade(*json.loads(line)), time.monotonic(), left - 1
+                        w.inflight -= len(msgs[i])
+            now = time.monotonic()
+            for w in list(self.workers):
+                if w.queue and now - w.t0 > timeout:
+                    left -= self._replace(w, todo, out, "timeout", answers)
+                elif not w.ready and now - w.t0 > self.STARTUP_S:
+                    failures += 1
+                    left -= self._replace(w, todo, out, "worker died", answers)
+            if failures > 2 * self.n:  # workers cannot start here: finish in this process
+                for i in [i for i, g in enumerate(out) if g is None]:
+                    out[i] = _judge_in_process(*jobs[i], timeout)
+                self.close()
+                break
+        return out
 
 
 _POOL: _Pool | None = None
@@ -1111,10 +1163,11 @@ atexit.register(close_pool)
 
 def grade_batch(texts: list[str], golds: list[str], kinds: list[str] | str = "math", workers: int = 0,
                 timeout: float = DEFAULT_TIMEOUT) -> list[Grade]:
-    """Grade many responses. workers=0 -> min(8, cpu count) worker processes, workers=1 -> in this
-    process. Each item gets `timeout` seconds; an item that overruns is graded
-    Grade(False, "timeout", ...) and its worker is killed and replaced. The worker pool is started
-    on first use and reused by later calls with the same `workers` (call close_pool() to stop it)."""
+    """Grade many responses; same results as [grade(t, g, k) ...]. workers=0 -> min(8, cpu count)
+    worker processes, workers=1 -> in this process. The answer is extracted here (linear-time text
+    work); judging it gets `timeout` seconds, and an item that overruns is Grade(False, "timeout",
+    answer) with its worker killed and replaced. The worker pool starts on first use (~1 s) and is
+    reused by later calls with the same `workers`; close_pool() stops it."""
     global _POOL
     kinds = [kinds] * len(texts) if isinstance(kinds, str) else list(kinds)
     if not (len(texts) == len(golds) == len(kinds)):
@@ -1123,20 +1176,30 @@ def grade_batch(texts: list[str], golds: list[str], kinds: list[str] | str = "ma
     out: list[Grade | None] = [None] * len(texts)
     jobs, idx = [], []
     for i, (t, g, k) in enumerate(zip(texts, golds, kinds)):
-        if isinstance(t, str) and isinstance(g, str) and isinstance(k, str):
-            jobs.append((t, g, k))
-            idx.append(i)
-        else:
-            out[i] = grade(t, g, k)  # bad input: answered at once, nothing to ship
+        kk = _kind(t, g, k)
+        if isinstance(kk, Grade):
+            out[i] = kk  # bad input: answered at once, nothing to ship
+            continue
+        ans = _safely(_extract, t, kk)
+        if isinstance(ans, Grade) or ans is None:
+            out[i] = Grade(False, "no answer", None) if ans is None else ans
+            continue
+        jobs.append((ans, g, kk))
+        idx.append(i)
     if n == 1 or not jobs:
-        res = [_grade_in_process(t, g, k, timeout) for t, g, k in jobs]
+        res = [_judge_in_process(a, g, k, timeout) for a, g, k in jobs]
     else:
         with _POOL_LOCK:
-            if _POOL is None or _POOL.n != n or not _POOL.workers:
-                if _POOL is not None:
-                    _POOL.close()
-                _POOL = _Pool(n)
-            res = _POOL.run(jobs, timeout)
+            try:
+                if _POOL is None or _POOL.n != n or not _POOL.workers:
+                    if _POOL is not None:
+                        _POOL.close()
+                    _POOL = _Pool(n)
+                res = _POOL.run(jobs, timeout)
+            except OSError as e:  # cannot start processes here (fd or process limits): judge in-process
+                warnings.warn(f"verify.grade_batch: worker processes unavailable ({e}); grading in-process")
+                _POOL = None
+                res = [_judge_in_process(a, g, k, timeout) for a, g, k in jobs]
     for i, r in zip(idx, res):
         out[i] = r
     return out

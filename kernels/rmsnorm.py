@@ -32,6 +32,7 @@ MAX_ONE_BLOCK = 8192  # rows up to this width are held in registers at once; wid
 
 def rms_norm_ref(x, weight, eps=1e-6):
     """x (..., D) any float dtype, weight (D,) -> (..., D) with dtype promote(weight, x) (= x.dtype when equal)."""
+    _check_inputs(x, weight)
     h = x.float()  # (..., D) statistics in fp32, as in Hugging Face
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)  # x / RMS(x)   (Zhang & Sennrich eq. 4)
     return weight * h.to(x.dtype)  # round to x's dtype first, then scale (matches HF's two roundings)

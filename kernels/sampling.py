@@ -95,13 +95,6 @@ def _check_inputs(logits, temperature, top_p, u):
 
 if HAS_TRITON:
     @triton.jit
-    def _probs(base, idx, mask, temperature, m, inv_s):
-        """p = exp(z - max) / sum for one block, 0 outside the vocabulary. The same instructions in every pass."""
-        x = tl.load(base + idx, mask=mask, other=float("-inf")).to(tl.float32)
-        z = tl.math.div_rn(x, temperature)  # correctly rounded, like torch's division
-        return tl.exp(z - m) * inv_s
-
-    @triton.jit
     def _sample_kernel(logits_ptr, stride_row, u_ptr, tok_ptr, lp_ptr, V, temperature, top_p,
                        GREEDY: tl.constexpr, TOP_P: tl.constexpr, BLOCK: tl.constexpr,
                        NT: tl.constexpr, SEARCH_PASSES: tl.constexpr, ONE_BITS: tl.constexpr):
@@ -137,41 +130,59 @@ if HAS_TRITON:
             tau = tl.zeros([], tl.int32)  # bit pattern of the threshold; 0 = keep every token
             mass = s * inv_s  # nucleus mass; the whole vocabulary unless top-p truncates
             if TOP_P:
-                # ---- passes 2..11: search tau on the integer bit pattern, 8 thresholds per pass ----
+                # ---- passes 2..11: search tau on the integer bit pattern, NT thresholds per pass ----
                 kk = tl.arange(0, NT)  # (NT,)
                 lo = tl.zeros([], tl.int64)  # mass(lo) >= top_p (lo = 0: "all tokens", true by definition)
                 hi = tl.full([], ONE_BITS + 1, tl.int64)  # mass(hi) = 0 < top_p
+                masses = tl.zeros([NT], tl.float32)
+                j = tl.zeros([], tl.int32)
                 for _ in range(SEARCH_PASSES):
-                    t = lo + (kk.to(tl.int64) * (hi - lo)) // NT  # (NT,) t[0] = lo, increasing
-                    t32 = t.to(tl.int32)
-                    masses = tl.zeros([NT], tl.float32)  # (NT,) mass(t_k)
-                    for start in range(0, V, BLOCK):
-                        idx = start + offs
-                        p = _probs(base, idx, idx < V, temperature, m, inv_s)  # (BLOCK,)
-                        keep = p.to(tl.int32, bitcast=True)[:, None] >= t32[None, :]  # (BLOCK, NT)
-                        masses += tl.sum(tl.where(keep, p[:, None], 0.0), axis=0)
-                    ok = masses >= top_p  # (NT,) true on a prefix (mass falls as t grows)
-                    j = tl.max(tl.where(ok, kk, 0), axis=0)  # last threshold still >= top_p (0 if none)
-                    hi = tl.min(tl.where(ok, hi, t), axis=0)  # first threshold below top_p
-                    lo = tl.sum(tl.where(kk == j, t, 0), axis=0)
-                    mass = tl.sum(tl.where(kk == j, masses, 0.0), axis=0)
-                tau = lo.to(tl.int32)  # hi == lo + 1 now: tau = lo exactly (ties at tau included)
+                    if hi - lo > 1:  # not yet exact (later passes are skipped once it is)
+                        span = hi - lo
+                        t = (lo + (kk.to(tl.int64) * span) // NT).to(tl.int32)  # (NT,) thresholds, t[0] = lo
+                        acc = tl.zeros([BLOCK, NT], tl.float32)  # per-lane partial masses, reduced once per pass
+                        vmin = tl.full([BLOCK], BIG, tl.int32)  # per lane: smallest pattern inside [lo, hi)
+                        vmax = tl.full([BLOCK], -1, tl.int32)  # per lane: largest pattern inside [lo, hi)
+                        for start in range(0, V, BLOCK):
+                            idx = start + offs
+                            x = tl.load(base + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
+                            p = tl.exp(tl.math.div_rn(x, temperature) - m) * inv_s  # (BLOCK,) as in pass 1
+                            bits = p.to(tl.int32, bitcast=True)  # (BLOCK,) ordered like p, since p >= 0
+                            acc += tl.where(bits[:, None] >= t[None, :], p[:, None], 0.0)  # (BLOCK, NT)
+                            inside = (bits >= lo) & (bits < hi)
+                            vmin = tl.minimum(vmin, tl.where(inside, bits, BIG))
+                            vmax = tl.maximum(vmax, tl.where(inside, bits, -1))
+                        masses = tl.sum(acc, axis=0)  # (NT,) mass(t_k) = sum of p over p >= t_k
+                        # mass falls as t grows, so "mass >= top_p" holds on a prefix k = 0..j: keep [t_j, t_j+1).
+                        # (j = 0 if even t_0 fails: only lo = 0 with a rounded total < top_p; lo then stays at
+                        # the smallest p, which keeps every token, the intended fallback)
+                        j = tl.maximum(tl.sum((masses >= top_p).to(tl.int32), axis=0) - 1, 0)
+                        new_hi = tl.where(j + 1 < NT, lo + ((j + 1).to(tl.int64) * span) // NT, hi)
+                        new_lo = lo + (j.to(tl.int64) * span) // NT
+                        # shrink to the data: no p lies in [lo, vmin) or (vmax, hi), so moving the ends there
+                        # changes no mass. If one distinct value is left, this makes hi = lo + 1: done early.
+                        lo = tl.minimum(tl.maximum(new_lo, tl.min(vmin, axis=0)), new_hi - 1)
+                        hi = tl.maximum(tl.minimum(new_hi, tl.max(vmax, axis=0) + 1), lo + 1)
+                tau = lo.to(tl.int32)  # hi == lo + 1 now, so tau = lo exactly (ties at tau are included)
+                mass = tl.sum(tl.where(kk == j, masses, 0.0), axis=0)  # mass(tau), from the last pass
 
             # ---- last pass: inverse-CDF draw over the nucleus in vocabulary order ----
             target = tl.load(u_ptr + row).to(tl.float32) * mass
             running = tl.zeros([], tl.float32)  # running sum of nucleus probabilities before this block
-            token = tl.full([], BIG, tl.int32)
-            last = tl.full([], -1, tl.int32)  # last nucleus token with p > 0 (fallback for rounding)
+            first_hit = tl.full([BLOCK], BIG, tl.int32)  # per lane: first index whose running sum > target
+            last_nz = tl.full([BLOCK], -1, tl.int32)  # per lane: last nucleus index with p > 0 (rounding fallback)
             for start in range(0, V, BLOCK):
                 idx = start + offs
                 mask = idx < V
-                p = _probs(base, idx, mask, temperature, m, inv_s)
+                x = tl.load(base + idx, mask=mask, other=float("-inf")).to(tl.float32)
+                p = tl.exp(tl.math.div_rn(x, temperature) - m) * inv_s  # (BLOCK,), 0 outside the vocabulary
                 w = tl.where(p.to(tl.int32, bitcast=True) >= tau, p, 0.0)  # (BLOCK,) nucleus probabilities
                 c = running + tl.cumsum(w, axis=0)  # (BLOCK,) running sum, inclusive
-                token = tl.minimum(token, tl.min(tl.where((c > target) & mask, idx, BIG), axis=0))
-                last = tl.maximum(last, tl.max(tl.where(w > 0, idx, -1), axis=0))
+                first_hit = tl.minimum(first_hit, tl.where((c > target) & mask, idx, BIG))
+                last_nz = tl.maximum(last_nz, tl.where(w > 0, idx, -1))
                 running = tl.max(c, axis=0)  # c never decreases: its max is its last value
-            token = tl.where(token == BIG, tl.maximum(last, 0), token)
+            token = tl.min(first_hit, axis=0)
+            token = tl.where(token == BIG, tl.maximum(tl.max(last_nz, axis=0), 0), token)
             z_tok = tl.math.div_rn(tl.load(base + token).to(tl.float32), temperature)
             tl.store(tok_ptr + row, token.to(tl.int64))
             tl.store(lp_ptr + row, z_tok - m - log_s)  # log_softmax at the token, full distribution

@@ -460,7 +460,7 @@ def test_distill_keeps_exactly_the_verified_finished_samples():
     assert calls == [[data.format_prompt("1+1"), data.format_prompt("2+2")], [data.format_prompt("3+3")]]
     assert [(r["id"], r["response"]) for r in kept] == [("a", "long \\boxed{2}"), ("a", "\\boxed{2}"),
                                                         ("c", "six \\boxed{6}")]
-    assert kept[0] == {"id": "a", "problem": "1+1", "prompt": "1+1\nAnswer in \\boxed{}.\n",
+    assert kept[0] == {"id": "a", "problem": "1+1", "answer": "2", "prompt": "1+1\nAnswer in \\boxed{}.\n",
                        "response": "long \\boxed{2}", "n_tokens": 14}
     assert batches == [kept[:2], kept[2:]]
     hist = {k: 0 for k in data.pass_rate_histogram([], 4)}

@@ -472,7 +472,8 @@ def test_grade_batch_equals_per_item_grades():
     assert grade_batch(list(texts), list(golds), list(kinds), workers=2) == expected
     assert grade_batch(list(texts), list(golds), list(kinds), workers=1) == expected
     assert [g.correct for g in expected] == [c[3] for c in sample]
-    assert grade_batch([B("1"), None], ["1", "1"], "math", workers=2) == [grade(B("1"), "1"), Grade(False, "bad input", None)]
+    bad = grade_batch([B("1"), None], ["1", "1"], "math", workers=2)
+    assert bad == [grade(B("1"), "1"), Grade(False, "bad input", None)]
     with pytest.raises(ValueError):
         grade_batch([B("1")], ["1", "2"])
 
@@ -481,7 +482,7 @@ def test_grade_batch_timeout_kills_only_the_slow_item():
     texts = [B(str(i)) for i in range(12)]
     golds = [str(i) for i in range(12)]
     kinds = ["math"] * 12
-    kinds[4], golds[4] = "__sleep__", "60"  # the workers' test hook: this item sleeps for 60 s
+    golds[4] = "__sleep__"  # the workers' test hook: this item sleeps for 60 s
     t0 = time.monotonic()
     res = grade_batch(texts, golds, kinds, workers=2, timeout=1.0)
     assert time.monotonic() - t0 < 50  # it did not wait for the sleeper
@@ -494,11 +495,20 @@ def test_grade_batch_timeout_kills_only_the_slow_item():
     assert verify._POOL is pool and {w.proc.pid for w in pool.workers} == pids  # the pool is reused
 
 
+def test_grade_batch_survives_a_dead_worker():
+    grade_batch([B("1")], ["1"], workers=2)
+    verify._POOL.workers[0].proc.kill()  # e.g. killed by the OOM killer between calls
+    verify._POOL.workers[0].proc.wait()
+    texts, golds = [B(str(i)) for i in range(20)], [str(i) for i in range(20)]
+    assert all(g.correct for g in grade_batch(texts, golds, workers=2))
+    assert all(w.proc.poll() is None for w in verify._POOL.workers)
+
+
 def test_grade_batch_in_process_timeout(monkeypatch):
-    def slow(text, gold, kind="math"):
+    def slow(ans, gold, kind):
         while True:
             pass
-    monkeypatch.setattr(verify, "grade", slow)
+    monkeypatch.setattr(verify, "_judge", slow)
     assert grade_batch([B("1")], ["1"], workers=1, timeout=0.5) == [Grade(False, "timeout", "1")]
 
 
