@@ -72,6 +72,7 @@ def parse_args(argv=None):
     a("--max-prompt-len", type=int, help="longer prompts are dropped [2048]")
     a("--max-new-tokens", type=int, help="generation limit T of the cosine reward [14336]")
     a("--reward", choices=["cosine", "classic"], help="length-scaling cosine reward or 0/1 [cosine]")
+    a("--cosine", default="2,1,-10,0,-10", help="cosine reward: r0_correct,rL_correct,r0_wrong,rL_wrong,exceed")
     a("--rep-n", type=int, help="repetition n-gram size [40]")
     a("--rep-penalty", type=float, help="per repeated token, 0 disables [-0.05]")
     a("--gamma", type=float, help="discount of the correctness reward [1.0]")
@@ -301,7 +302,12 @@ def main(argv=None):
     policy, critic, ref = dist.shard(policy, dtype), dist.shard(critic, dtype), dist.shard(ref, dtype)
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, betas=(0.9, 0.95), weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    rcfg = RW.RewardConfig(kind=args.reward, max_len=args.max_new_tokens, rep_n=args.rep_n,
+    try:
+        r0c, rLc, r0w, rLw, exc = (float(v) for v in args.cosine.split(","))
+    except ValueError:
+        raise ValueError(f"--cosine {args.cosine!r}: expected five comma-separated numbers") from None
+    rcfg = RW.RewardConfig(kind=args.reward, max_len=args.max_new_tokens, r0_correct=r0c, rL_correct=rLc,
+                           r0_wrong=r0w, rL_wrong=rLw, exceed_reward=exc, rep_n=args.rep_n,
                            rep_penalty=args.rep_penalty, gamma=args.gamma, rep_gamma=args.rep_gamma)
 
     # ---- data: prompts in a seeded order per epoch; the data position is the iteration number ----

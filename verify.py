@@ -245,6 +245,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = _drop_text(s)
     s = re.sub(r"(?i)\s+(?:and|or)\s+", ",", s)
     s = re.sub(r"^\s*(?:\\approx|\\therefore|=)\s*", "", s)
+    s = re.split(r"\\approx(?![a-zA-Z])", s)[0]  # "\frac13 \approx 0.333": the exact part is the answer
     s = re.sub(r"^\s*[a-zA-Z]\s*\\in(?![a-zA-Z])\s*", "", s)
     m = _UNIT_TAIL_RE.search(s)
     if m and all(w.lower().rstrip(".") in _UNIT_WORDS or len(w) >= 3 for w in m.group(1).split()):

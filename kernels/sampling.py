@@ -176,7 +176,7 @@ if HAS_TRITON:
                 mask = idx < V
                 x = tl.load(base + idx, mask=mask, other=float("-inf")).to(tl.float32)
                 p = tl.exp(tl.math.div_rn(x, temperature) - m) * inv_s  # (BLOCK,), 0 outside the vocabulary
-                w = tl.where(p.to(tl.int32, bitcast=True) >= tau, p, 0.0)  # (BLOCK,) nucleus probabilities
+                w = tl.where(p.to(tl.int32, bitcast=True) > tau, p, 0.0)  # (BLOCK,) nucleus probabilities
                 c = running + tl.cumsum(w, axis=0)  # (BLOCK,) running sum, inclusive
                 first_hit = tl.minimum(first_hit, tl.where((c > target) & mask, idx, BIG))
                 last_nz = tl.maximum(last_nz, tl.where(w > 0, idx, -1))
