@@ -73,6 +73,13 @@ def shard(model, param_dtype=torch.bfloat16, reduce_dtype=torch.float32, reshard
     return model
 
 
+def autocast(device, dtype=torch.bfloat16):
+    """bf16 autocast for one process on a GPU (fp32 master weights); under FSDP (its MixedPrecisionPolicy
+    casts) and on the CPU (fp32 for exactness): a no-op context."""
+    on = world() == 1 and torch.device(device).type == "cuda" and dtype != torch.float32
+    return torch.autocast("cuda", dtype=dtype, enabled=on)
+
+
 def full_state_dict(model, rank0_only=True):
     """The full (unsharded) state dict. rank0_only: gathered onto rank 0's CPU (others get {}), for saving;
     else every rank gets full tensors on its device (sample.py's decode copy of the policy)."""

@@ -165,10 +165,11 @@ def multi_gamma_advantages(rewards, values, mask, gammas, lam):
 
 def masked_whiten(x, mask, eps=1e-8):
     """(x - mean) / std over the masked entries of the whole rollout, on all ranks."""
-    s = dist.sum_tensor(torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double())
+    xd, md = x.double(), mask.double()  # float64 sums: in fp32, E[x^2] - E[x]^2 cancels when |mean| >> std
+    s = dist.sum_tensor(torch.stack([(xd * md).sum(), (xd * xd * md).sum(), md.sum()]))
     mean = s[0] / s[2]
     var = s[1] / s[2] - mean ** 2
-    return ((x - mean) * torch.rsqrt(var.clamp(min=0) + eps)).to(x.dtype) * mask
+    return ((xd - mean) * torch.rsqrt(var.clamp(min=0) + eps)).to(x.dtype) * mask
 
 
 def policy_loss(logp, old_logp, adv, mask, clip, n_tokens):
@@ -241,10 +242,11 @@ def micro_batches(lengths, max_tokens, max_rows):
     return out
 
 
-def forward_response(net, ids, attn, P, R, temperature, values=False):
+def forward_response(net, ids, attn, P, R, temperature, values=False, dtype=torch.bfloat16):
     """Response-aligned (B, R) log-probs at temperature, entropy and (critic) values."""
-    labels = torch.roll(ids, -1, dims=1)
-    out = net(ids, attention_mask=attn, labels=labels, temperature=temperature, return_values=values)
+    labels = None if values else torch.roll(ids, -1, dims=1)  # the critic needs no log-probs
+    with dist.autocast(ids.device, dtype):  # one GPU: bf16 compute on fp32 weights
+        out = net(ids, attention_mask=attn, labels=labels, temperature=temperature, return_values=values)
     sl = slice(P - 1, P - 1 + R)
     if values:
         return out.values[:, sl]
@@ -395,9 +397,9 @@ def main(argv=None):
             for j in range(dist.max_int(len(mbs))):
                 mb = [order[b] for b in mbs[j]] if j < len(mbs) else [order[0]]  # extra: a dummy forward
                 x, a = ids[mb].to(device), attn[mb].to(device)
-                lp, e = forward_response(policy, x, a, P, R, args.temperature)
-                rlp, _ = forward_response(ref, x, a, P, R, args.temperature)
-                v = forward_response(critic, x, a, P, R, args.temperature, values=True)
+                lp, e = forward_response(policy, x, a, P, R, args.temperature, dtype=dtype)
+                rlp, _ = forward_response(ref, x, a, P, R, args.temperature, dtype=dtype)
+                v = forward_response(critic, x, a, P, R, args.temperature, values=True, dtype=dtype)
                 if j < len(mbs):
                     old_lp[mb], ent[mb], ref_lp[mb], old_v[mb] = lp.float().cpu(), e.float().cpu(), rlp.float().cpu(), v.cpu()
         kl = kl_penalty(old_lp, ref_lp, args.kl_estimator) * mask  # (B, R)
@@ -432,9 +434,9 @@ def main(argv=None):
                     mb = [batch[b] for b in mbs[j]] if real else [0]
                     x, a = ids[mb].to(device), attn[mb].to(device)
                     m = mask[mb].to(device) * float(real)  # a dummy micro-batch contributes zero
-                    lp, _ = forward_response(policy, x, a, P, R, args.temperature)
+                    lp, _ = forward_response(policy, x, a, P, R, args.temperature, dtype=dtype)
                     pl, pm = policy_loss(lp.float(), old_lp[mb].to(device), adv[mb].to(device), m, args.clip, n_tok)
-                    v = forward_response(critic, x, a, P, R, args.temperature, values=True)
+                    v = forward_response(critic, x, a, P, R, args.temperature, values=True, dtype=dtype)
                     vl, _ = value_loss(v, old_v[mb].to(device), returns[mb].to(device), m, args.value_clip, n_tok)
                     bad = torch.tensor([0.0 if (torch.isfinite(pl) and torch.isfinite(vl)) else 1.0])
                     if dist.sum_tensor(bad).item() > 0:
@@ -472,7 +474,8 @@ def main(argv=None):
             "grad_norm_actor": float(gn_a), "grad_norm_critic": float(gn_c),
             "tokens_per_s": sum(lengths) / max(t1 - t0, 1e-9),
         }
-        row = {"iteration": it, **dist.mean(local), "response_length_max": max(lengths), "actor_lr": lr_a,
+        row = {"iteration": it, **dist.mean(local), "response_length_max": dist.max_int(max(lengths)),  # all ranks
+               "actor_lr": lr_a,
                "time/sample": t1 - t0, "time/score": t2 - t1, "time/ref_critic": t3 - t2, "time/train": t4 - t3}
         log(row)
         if bar:

@@ -190,8 +190,6 @@ def main(argv=None):
         dist.print0(f"resumed from {ckpt} at step {step}")
     metrics_f = open(os.path.join(args.out, "metrics.jsonl"), "a") if rank == 0 else None
     log = lambda row: metrics_f and (metrics_f.write(json.dumps(row) + "\n"), metrics_f.flush())  # noqa: E731
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and world == 1 and \
-        dtype == torch.bfloat16 else torch.autocast("cpu", enabled=False)
     lengths = [len(e[0]) for e in examples]
     bar = None
     if rank == 0:
@@ -213,7 +211,7 @@ def main(argv=None):
         nll = 0.0
         for mb in micro[rank::world]:
             ids, attn, labels, mask = collate([examples[i] for i in mb], tok.pad_token_id, device)
-            with autocast:
+            with dist.autocast(device, dtype):
                 loss, m = sft_loss(model, ids, attn, labels, mask, n_tokens)
             (loss * world).backward()
             nll += m["nll_sum"]

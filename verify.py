@@ -27,6 +27,11 @@ list of solutions, union, matrix, equation, text) and compare structurally, with
 scalars (exact for rationals, 50-digit numerics for irrational constants, random-point identity
 testing for expressions with variables).
 
+Conventions worth knowing: units are ignored (so "15 cm^2" = "15 cm^3" = 15); "x = 3" = "y = 3" = 3;
+variables count as positive reals in identity tests (sqrt(x^2) = x); "\sqrt 13" means sqrt(13) although
+LaTeX would set sqrt(1)3; "0.5%" = 0.5 (the % sign is dropped, as MATH does) but gold "50%" also takes
+0.5; degrees are never converted to radians and inequalities never to intervals (both: not equal).
+
 Departures from the paper: Yeo et al. (2025) reward correctness with a rule-based checker in their
 OpenRLHF fork; this one is written from scratch. It is strict for MATH (exact equality, no numeric
 tolerance between a decimal and an irrational), it refuses to evaluate anything oversized instead of
@@ -68,6 +73,7 @@ MAX_DIGITS = 20000  # largest exact number we let sympy build (2^4950 in MATH tr
 MAX_DEPTH = 60  # parser nesting limit (keeps Python recursion far from its limit)
 NUMERIC_DPS = 50  # digits for numeric evaluation of irrational constants
 NUMERIC_RTOL = 1e-30  # relative tolerance at 50 digits: absorbs evaluation rounding, nothing else
+NUMERIC_ATOL = 1e-100  # absolute floor: sympy reports an exact cancellation (golden ratio - 2/(sqrt5-1)) as ~1e-160
 FLOAT_RTOL = 1e-2  # TheoremQA "float": 1% relative, see _float_ok
 DEFAULT_TIMEOUT = 5.0  # seconds per item in grade_batch
 
@@ -664,7 +670,7 @@ def _value(s: str):
 # ----------------------------------------------------------------------------------------------
 # 4. Comparison
 # ----------------------------------------------------------------------------------------------
-_POINTS = [(0.5719, 0.1377), (1.3142, 0.2413), (2.2917, 0.3331)]  # identity-test points: base + j*step
+_POINTS = [(0.5719, 0.1377), (1.3142, 0.2413), (2.2917, 0.3331)]  # identity-test points: symbol j = base + j*step
 
 
 def _numeric(x, subs=None):
@@ -681,13 +687,13 @@ def _numeric(x, subs=None):
 
 
 def _close(a, b, subs=None) -> bool | None:
-    """|a - b| <= 1e-30 |a| numerically (None if either side does not evaluate)."""
+    """|a - b| <= 1e-30 max(|a|, |b|) + 1e-100 numerically (None if either side does not evaluate)."""
     va, vb = _numeric(a, subs), _numeric(b, subs)
     if va is None or vb is None:
         return None
     d2 = (va[0] - vb[0]) ** 2 + (va[1] - vb[1]) ** 2
     s2 = max(va[0] ** 2 + va[1] ** 2, vb[0] ** 2 + vb[1] ** 2)
-    return bool(d2 <= NUMERIC_RTOL ** 2 * s2)
+    return bool(d2 <= NUMERIC_RTOL ** 2 * s2 + NUMERIC_ATOL ** 2)
 
 
 def _expr_equal(a, b) -> bool:
@@ -700,7 +706,8 @@ def _expr_equal(a, b) -> bool:
     syms = sorted(a.free_symbols | b.free_symbols, key=str)
     if not syms:
         return bool(_close(a, b))
-    # identity test: two formulas agreeing at 3 generic points (to 30 digits) are the same formula
+    # identity test: two formulas agreeing at 3 generic points (to 30 digits) are the same formula.
+    # The points are positive, so sqrt(x^2) = x and |x| = x here: variables are taken as positive reals.
     agree = 0
     for base, step in _POINTS:
         c = _close(a, b, {s: sp.Float(base + j * step, NUMERIC_DPS) for j, s in enumerate(syms)})

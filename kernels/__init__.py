@@ -64,16 +64,21 @@ def use(name):
         set_backend(previous)
 
 
+def _needs_grad(*tensors):
+    """The Triton kernels have no backward: training forwards take the torch reference (autograd)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def rms_norm(x, weight, eps=1e-6):
     """x (..., D), weight (D,) -> (..., D). See kernels/rmsnorm.py."""
-    if _backend == "triton":
+    if _backend == "triton" and not _needs_grad(x, weight):
         return rmsnorm.rms_norm_triton(x, weight, eps)
     return rmsnorm.rms_norm_ref(x, weight, eps)
 
 
 def apply_rope(q, k, positions, cos_table, sin_table):
     """q (B, T, Hq, Dh), k (B, T, Hkv, Dh), positions (B, T), tables (P, Dh/2) -> (q_out, k_out). See rope.py."""
-    if _backend == "triton":
+    if _backend == "triton" and not _needs_grad(q, k):
         return rope.apply_rope_triton(q, k, positions, cos_table, sin_table)
     return rope.apply_rope_ref(q, k, positions, cos_table, sin_table)
 

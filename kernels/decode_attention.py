@@ -28,15 +28,17 @@ Split heuristic (`choose_num_splits`): aim at ~2 programs per SM (132 SMs on an 
 num_splits = ceil(2 * SMs / (B * Hkv)), but never more splits than BLOCK_N-sized tiles in the longest row and
 never more than 64 (to bound the combine's work). Chunks are whole multiples of BLOCK_N. Batch 1 with 4 kv heads
 and a 16K cache: 64 splits of 256 tokens (256 programs); batch 64: 2 splits.
-The longest length is read from `lengths` (one GPU->CPU sync) unless the caller passes `max_len` (a Python int
-it already tracks, as a generation loop does): prefer that in a hot loop. The grid then depends only on host
-values, and every program clamps its chunk to its own row's length, so short rows cost almost nothing.
+The longest length is read from `lengths` (one GPU->CPU sync) unless the caller passes `max_len`, any host-side
+bound >= lengths.max(): prefer that in a hot loop. The grid then depends only on host values (CUDA-graph
+friendly), and every program clamps its chunk to its own row's length, so chunks past a row's end exit at once.
+With a loose bound such as the cache capacity, the chunks are sized for the capacity: fewer of them do work
+while rows are still short.
 
-Numerics: loads are cast to fp32; softmax is in fp32 with exp2 (scores are pre-multiplied by log2(e)).
+Numerics: loads are cast to fp32; softmax is in fp32 with exp2 (scores are multiplied by scale * log2(e)).
 tl.dot on fp32 inputs uses TF32 tensor cores on a GPU for bf16/fp16 caches: q and k come from bf16/fp16 so they
-are exact in TF32 (<= 10 mantissa bits), and the probabilities p are rounded to nearest TF32 first (Triton would
-otherwise truncate them), a relative error <= 2^-11 per term, below bf16's own 2^-9. An fp32 cache uses
-"ieee" fp32 dots (exact but slower; only tests use it).
+are exact in TF32 (<= 10 mantissa bits; the scale is applied after the dot to keep it so), and the
+probabilities p are rounded to nearest TF32 first (Triton would otherwise truncate them), a relative error
+<= 2^-11 per term, below bf16's own 2^-9. An fp32 cache uses "ieee" fp32 dots (exact but slower; tests only).
 
 Memory layout: the caches may be views with arbitrary strides (e.g. a slice of a bigger preallocated cache,
 or (B, S, Hkv, Dh) permuted): all four strides are passed to the kernel. q may be strided too.

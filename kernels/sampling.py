@@ -25,22 +25,29 @@ bench/bench_kernels.py.
 How the Triton kernel finds tau without sorting. For p >= 0 the order of fp32 values is the order of their bit
 patterns read as integers, and every p in [0, 1] has a pattern in [0, 0x3F800000] (< 2^30). mass(t) =
 sum(p[p >= t]) only falls as t grows, so tau is found by a search on the integer t: keep lo, hi with
-mass(lo) >= top_p > mass(hi) (lo = 0 holds by definition: "everything"; hi = bits(1.0) + 1 has mass 0). Each
-pass over the vocabulary evaluates NT = 8 thresholds lo + k (hi - lo) / 8 at once (a (BLOCK, 8) compare and
-column sums) and keeps the eighth that contains the crossing: 3 bits per pass, so after 10 passes hi = lo + 1
-and tau = lo exactly; no tolerance, and ties at tau are included by construction (the test is p >= tau).
-Every pass recomputes p with the same instructions, so the masses are compared on identical values.
+mass(lo) >= top_p > mass(hi) (lo = 0 holds by definition: "everything"; hi = bits(1.0) + 1 has mass 0).
+Each pass over the vocabulary:
+  * evaluates NT = 8 thresholds t_k = lo + k (hi - lo) / 8 at once (a (BLOCK, 8) compare, summed per column)
+    and keeps the eighth [t_j, t_j+1) where the mass crosses top_p: 3 bits per pass;
+  * also finds the smallest and largest pattern present inside [lo, hi), and pulls the new ends in to them
+    (no p lies in the gaps, so no mass changes). When a single distinct value is left, hi = lo + 1 at once.
+When hi = lo + 1, tau = lo exactly: no tolerance, and ties at tau are in by construction (the test is p >= tau).
+At most 10 passes (ceil(30 / 3)); later ones are skipped once exact. Every pass recomputes p with the same
+instructions, so all masses compare identical values and are monotone in t (float addition is monotone).
 
-Cost, in passes over the row's V logits (each pass re-reads V values, from L2 for a 152K vocabulary):
+Cost, in passes over the row's V logits (each re-reads V values; for a 152K vocabulary, from L2):
     greedy: 1 (max + argmax + sum-exp)      top_p = 1: 2 (max/sum-exp online, then the draw)
-    top_p < 1: 12 (max/sum-exp, 10 search passes of 8 thresholds, the draw)
-A full sort costs O(V log V) and a (B, V) index buffer; here the extra memory is zero. The price is that
-one row runs on one SM, so batch 1 is latency-bound (see bench/bench_kernels.py for numbers).
+    top_p < 1: 2 + 3..10 search passes. Simulated on random logits: V = 8: 3-5; V = 1000: 4-7;
+    V = 152064: 4-6 for peaked rows (logits ~ 6 N(0,1)), 8-10 for flat ones (~ N(0,1)).
+Per element a search pass does ~40 simple operations (the 8 compares dominate). A full sort costs
+O(V log V) work and a (B, V) index buffer; here there is no extra memory. The price: one row runs on one SM,
+so batch 1 is latency-bound while a large batch fills the GPU (bench/bench_kernels.py prints both).
 
-Where results may differ from the reference: p is computed by two different exp implementations and summed in
-two different orders, so the two agree to ~1e-7 relative. The token differs only if u * mass lies within
-that distance of a cumulative boundary, or if the nucleus mass lies within it of top_p (the tests state and
-check this margin). Not from the paper: the paper samples with vLLM; this is a readable equivalent.
+Where results may differ from the reference: p comes from two different exp implementations and is summed in
+two different orders, so the two agree to ~1e-7 relative. The token can differ only if u * mass lies within
+that distance of a cumulative boundary, or the nucleus mass within it of top_p (the tests measure this margin).
+Departures from the paper: none in the math. The uniform numbers come from the caller instead of an internal
+generator, so sampling is reproducible from a seed and the two versions can be compared exactly.
 """
 import torch
 
@@ -51,7 +58,7 @@ if HAS_TRITON:
     import triton.language as tl
 
 NT = 8  # thresholds evaluated per search pass (power of two): log2(8) = 3 bits of the threshold per pass
-SEARCH_PASSES = 10  # ceil(30 / 3): p in [0, 1] has fewer than 2^30 bit patterns
+SEARCH_PASSES = 10  # ceil(30 / 3): p in [0, 1] has fewer than 2^30 bit patterns (an upper bound; most rows stop early)
 ONE_BITS = 0x3F800000  # bit pattern of 1.0f; every probability's pattern is <= this
 MAX_BLOCK = 1024  # vocabulary entries per loop step
 
@@ -176,7 +183,7 @@ if HAS_TRITON:
                 mask = idx < V
                 x = tl.load(base + idx, mask=mask, other=float("-inf")).to(tl.float32)
                 p = tl.exp(tl.math.div_rn(x, temperature) - m) * inv_s  # (BLOCK,), 0 outside the vocabulary
-                w = tl.where(p.to(tl.int32, bitcast=True) > tau, p, 0.0)  # (BLOCK,) nucleus probabilities
+                w = tl.where(p.to(tl.int32, bitcast=True) >= tau, p, 0.0)  # (BLOCK,) nucleus probabilities
                 c = running + tl.cumsum(w, axis=0)  # (BLOCK,) running sum, inclusive
                 first_hit = tl.minimum(first_hit, tl.where((c > target) & mask, idx, BIG))
                 last_nz = tl.maximum(last_nz, tl.where(w > 0, idx, -1))

@@ -181,25 +181,25 @@ def attention_loop(q, k_cache, v_cache, lengths, scale):
     return out
 
 
-DECODE_CASES = [  # (B, Hq, Hkv, S, Dh, lengths, num_splits)
-    (3, 6, 2, 37, 16, [1, 17, 37], None),  # GQA with group 3 (not a power of two)
-    (2, 4, 4, 20, 32, [20, 3], None),  # plain multi-head attention
-    (3, 6, 2, 37, 16, [0, 5, 37], 4),  # a length-0 row and several forced splits (some chunks empty)
-    (1, 8, 1, 70, 16, [70], 5),  # multi-query (one kv head), 5 splits of 16 tokens
+DECODE_CASES = [  # (B, Hq, Hkv, S, Dh, lengths, num_splits, block_n); None = the wrapper's heuristic
+    (3, 6, 2, 37, 16, [1, 17, 37], None, None),  # GQA with group 3 (not a power of two)
+    (2, 4, 4, 20, 32, [20, 3], None, None),  # plain multi-head attention
+    (3, 6, 2, 37, 16, [0, 5, 37], 4, 16),  # a length-0 row and several forced splits (some chunks empty)
+    (2, 8, 1, 70, 16, [70, 33], 1, 16),  # multi-query; one split of 5 tiles: the online-softmax rescaling
+    (2, 8, 2, 70, 16, [70, 50], 2, 16),  # 2 splits of 3 tiles each: rescaling within and across splits
 ]
 if CUDA:
-    DECODE_CASES += [(4, 28, 4, 1000, 128, [1000, 1, 513, 777], None), (2, 28, 4, 4096, 128, [4096, 2000], None),
-                     (3, 16, 2, 300, 64, [299, 300, 7], 8)]
+    DECODE_CASES += [(4, 28, 4, 1000, 128, [1000, 1, 513, 777], None, None),
+                     (2, 28, 4, 4096, 128, [4096, 2000], None, None), (3, 16, 2, 300, 64, [299, 300, 7], 8, None)]
 
 
 @needs_triton
-@pytest.mark.parametrize("B,Hq,Hkv,S,Dh,lengths,num_splits", DECODE_CASES)
-def test_decode_attention_triton_matches_ref_and_loop(B, Hq, Hkv, S, Dh, lengths, num_splits):
+@pytest.mark.parametrize("B,Hq,Hkv,S,Dh,lengths,num_splits,block_n", DECODE_CASES)
+def test_decode_attention_triton_matches_ref_and_loop(B, Hq, Hkv, S, Dh, lengths, num_splits, block_n):
     q = randn(B, Hq, Dh, seed=10)
     k = randn(B, Hkv, S, Dh, seed=11)
     v = randn(B, Hkv, S, Dh, seed=12)
     lens = torch.tensor(lengths, device=DEVICE)
-    block_n = 16 if num_splits else None  # small tiles so that every split gets a whole number of them
     out = decode_mod.decode_attention_triton(q, k, v, lens, num_splits=num_splits, block_n=block_n)
     ref = decode_mod.decode_attention_ref(q, k, v, lens)
     loop = attention_loop(q.cpu(), k.cpu(), v.cpu(), lens.cpu(), Dh ** -0.5)
