@@ -40,7 +40,6 @@ import argparse
 import hashlib
 import io
 import json
-import math
 import os
 import random
 import re
@@ -192,7 +191,7 @@ THEOREMQA_KINDS = ("integer", "float", "bool", "list of integer", "list of float
 
 
 def data_dirs(data_dir=None) -> list[Path]:
-    """Folders searched for benchmark files, in order: data_dir, $LONGCOT_DATA, ../shared/data, ./data."""
+    """Folders searched for benchmark files, in order: data_dir, $LONGCOT_DATA, <repo>/../shared/data, <repo>/data."""
     dirs = [data_dir, os.environ.get("LONGCOT_DATA"), REPO.parent / "shared" / "data", REPO / "data"]
     return [Path(d) for d in dirs if d]
 
@@ -216,7 +215,7 @@ def load_benchmark(name: str, data_dir=None, text_only: bool | None = None, down
         text_only = name == "theoremqa"
     if text_only:
         rows = [r for r in rows if not r.get("needs_image", False)]
-    for i, r in enumerate(rows):
+    for r in rows:
         if spec["kind"] is not None:
             r["kind"] = spec["kind"]
         elif r.get("answer_type") in THEOREMQA_KINDS:
