@@ -54,6 +54,7 @@ def barrier():
 
 def cleanup():
     if td.is_initialized():
+        td.barrier()  # without it gloo ranks sometimes abort in destroy while a peer is still finishing
         td.destroy_process_group()
 
 

@@ -45,13 +45,14 @@ PAPER = dict(  # Yeo et al. 2025, RL setup (Sec. 4, App. E)
     actor_lr=5e-7, critic_lr=9e-6, kl_coef=0.01, reward="cosine", rep_n=40, rep_penalty=-0.05,
     gamma=1.0, rep_gamma=0.99, lam=1.0, max_prompt_len=2048, max_new_tokens=14336, prompts="math_train",
     rollout_batch=512, n_samples=8, train_batch=128, micro_tokens=16384, ppo_epochs=1, iterations=100,
-    warmup=0.05, eval_every=10, n_eval=500, eval_data="math500", temperature=0.7, micro_batch=4,
+    warmup=0.05, eval_every=10, n_eval=500, eval_data="math500", temperature=0.7, micro_batch=4, value_clip=0.2,
 )
 CLASSROOM = dict(  # the tiny model on the classroom task: accuracy rises within minutes on a CPU
     actor_lr=2e-4, critic_lr=1e-3, kl_coef=0.01, reward="cosine", rep_n=40, rep_penalty=-0.05,
     gamma=1.0, rep_gamma=0.99, lam=1.0, max_prompt_len=64, max_new_tokens=300, prompts="classroom",
     rollout_batch=32, n_samples=4, train_batch=64, micro_tokens=16384, ppo_epochs=2, iterations=40,
     warmup=0.05, eval_every=10, n_eval=200, eval_data="classroom", temperature=0.7, micro_batch=64,
+    value_clip=5.0,  # returns span ~12 here and the head starts at 0: a 0.2 clip would freeze the critic
 )
 
 
@@ -89,7 +90,7 @@ def parse_args(argv=None):
     a("--micro-batch", type=int, help="at most this many sequences per forward [4]")
     a("--ppo-epochs", type=int, help="passes over each rollout [1]")
     a("--clip", type=float, default=0.2, help="policy ratio clip epsilon")
-    a("--value-clip", type=float, default=0.2, help="value clip around the old values")
+    a("--value-clip", type=float, help="value clip around the old values [0.2]")
     a("--grad-clip", type=float, default=1.0, help="max gradient norm, actor and critic")
     a("--seed", type=int, default=0, help="prompt order and sampling")
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
@@ -194,13 +195,16 @@ def value_loss(values, old_values, returns, mask, clip, n_tokens):
 
 
 def explained_variance(values, returns, mask):
-    """1 - Var(R - V) / Var(R) over masked tokens: 1 = perfect critic, 0 = predicts the mean, < 0 = worse."""
-    n = mask.sum()
-    def var(x):
-        mu = (x * mask).sum() / n
-        return (((x - mu) ** 2) * mask).sum() / n
-    vr = var(returns)
-    return float(1 - var(returns - values) / vr) if vr > 0 else float("nan")
+    """1 - Var(R - V) / Var(R) over the masked tokens of all ranks: 1 = perfect critic, 0 = predicts the mean,
+    < 0 = worse than the mean."""
+    returns, mask = returns.double(), mask.double()
+    err = returns - values.double()
+    s = dist.sum_tensor(torch.stack([mask.sum(), (returns * mask).sum(), (returns ** 2 * mask).sum(),
+                                     (err * mask).sum(), (err ** 2 * mask).sum()]))
+    n = s[0].clamp(min=1)
+    var_r = s[2] / n - (s[1] / n) ** 2
+    var_e = s[4] / n - (s[3] / n) ** 2
+    return float(1 - var_e / var_r) if var_r > 1e-12 else float("nan")
 
 
 def lr_at(step, total, peak, warmup_steps, min_ratio):
@@ -412,7 +416,8 @@ def main(argv=None):
 
         # ---- 5. update: epochs x shuffled minibatches x micro-batches, actor and critic ----
         policy.train(), critic.train()
-        stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_frac_sum": 0.0, "approx_kl_sum": 0.0, "tokens": 0.0}
+        stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_frac_sum": 0.0, "approx_kl_sum": 0.0, "tokens": 0.0,
+                 "grad_norm_actor": 0.0, "grad_norm_critic": 0.0}
         gen = random.Random(args.seed * 31 + it)
         n_updates = 0
         for epoch in range(args.ppo_epochs):
@@ -454,6 +459,8 @@ def main(argv=None):
                 if not (torch.isfinite(gn_a) and torch.isfinite(gn_c)):
                     raise FloatingPointError(f"iteration {it}: non-finite gradient norm (actor {gn_a}, critic {gn_c}); "
                                              f"stopping before the optimizer step, weights unchanged")
+                stats["grad_norm_actor"] += float(gn_a)
+                stats["grad_norm_critic"] += float(gn_c)
                 actor_opt.step(), critic_opt.step()
                 actor_opt.zero_grad(set_to_none=True), critic_opt.zero_grad(set_to_none=True)
                 n_updates += 1
@@ -471,8 +478,9 @@ def main(argv=None):
             "approx_kl": stats["approx_kl_sum"] / max(stats["tokens"], 1),
             "policy_loss": stats["policy_loss"] / max(n_updates, 1), "value_loss": stats["value_loss"] / max(n_updates, 1),
             "explained_variance": explained_variance(old_v, returns, mask),
-            "grad_norm_actor": float(gn_a), "grad_norm_critic": float(gn_c),
-            "tokens_per_s": sum(lengths) / max(t1 - t0, 1e-9),
+            "grad_norm_actor": stats["grad_norm_actor"] / max(n_updates, 1),  # mean over the optimizer steps
+            "grad_norm_critic": stats["grad_norm_critic"] / max(n_updates, 1),
+            "tokens_per_s": world * sum(lengths) / max(t1 - t0, 1e-9),  # sampling, all ranks (mean x world)
         }
         row = {"iteration": it, **dist.mean(local), "response_length_max": dist.max_int(max(lengths)),  # all ranks
                "actor_lr": lr_a,

@@ -207,8 +207,11 @@ def test_build_sequences_layout_and_response_alignment():
     assert ids.tolist() == [[1, 2, 4, 5, 6], [0, 3, 7, 0, 0]]  # prompts left-padded, responses right-padded
     assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 0, 0]]
     # response token j of every row sits at column P + j; forward_response returns it at index j
-    stub = lambda ids, attention_mask, labels, temperature, return_values: SimpleNamespace(  # noqa: E731
-        logprobs=labels.float(), entropy=torch.zeros(labels.shape), values=-ids.float())
+    def stub(ids, attention_mask, labels, temperature, return_values):  # scores = the labels, values = -ids
+        if return_values:
+            return SimpleNamespace(values=-ids.float())
+        return SimpleNamespace(logprobs=labels.float(), entropy=torch.zeros(labels.shape))
+
     lp, _ = ppo.forward_response(stub, ids, attn, P, 3, 1.0)
     assert lp.tolist() == [[4, 5, 6], [7, 0, 0]]  # the label scored at response index j is the j-th token
     v = ppo.forward_response(stub, ids, attn, P, 3, 1.0, values=True)
