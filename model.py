@@ -449,8 +449,13 @@ def load(name_or_path: str, dtype=torch.float32, device="cpu", value_head=False,
             model.value_head.load_state_dict({k: v.to(dtype) for k, v in load_file(vh, device=str(device)).items()})
         else:
             nn.init.zeros_(model.value_head.weight), nn.init.zeros_(model.value_head.bias)
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(path)
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    tok_cfg = os.path.join(path, "tokenizer_config.json")
+    generic = os.path.exists(tok_cfg) and _read_json(tok_cfg).get("tokenizer_class") in (
+        "TokenizersBackend", "PreTrainedTokenizerFast")
+    # a generic tokenizer.json (e.g. the tiny one) must not be re-read as the model family's own class, which
+    # would impose that family's pre-tokenizer (Qwen2Tokenizer drops our character splitting)
+    tok = PreTrainedTokenizerFast.from_pretrained(path) if generic else AutoTokenizer.from_pretrained(path)
     if cfg.eos_token_id is None:
         cfg.eos_token_id = tok.eos_token_id
     return model, tok

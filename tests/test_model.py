@@ -96,7 +96,8 @@ def test_save_load_round_trip_through_transformers(tmp_path, arch, tied):
     real = mask.bool()
     assert (a[real] - b[real]).abs().max() < 1e-4
     assert torch.equal(a, c)
-    assert tok2.encode("12+3") == tok.encode("12+3")
+    text = "Add right to left.\n 12+3 = \\boxed{15}"
+    assert tok2.encode(text) == tok.encode(text) and tok2.decode(tok2.encode(text)) == text
 
 
 def test_sharded_save_and_bf16_load(tmp_path):
