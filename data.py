@@ -432,20 +432,23 @@ def format_prompt(problem: str, tokenizer=None, options: Sequence[str] | None = 
 # The classroom task: seeded arithmetic with long and short chains of thought
 # ----------------------------------------------------------------------------------------------------------
 #
-# Problem "482+376=?", answer "858". Long CoT (default knobs, 3-digit + 3-digit addition: 148-172 characters
-# without a correction, 190-215 with one, mean about 175; the plain prompt adds 30):
+# Problem "482+376=?", answer "858". Long CoT (default knobs, 3-digit + 3-digit addition: 202-301 characters,
+# mean about 240; the plain prompt adds 30). Each column's line starts with what is left of the two numbers, so
+# the digits it adds sit just before "+" and ":" (a fixed short distance: a 0.8M-parameter model with rotary
+# positions learns that look-up in minutes, while fetching digits from the far-away problem it does not), and
+# ends with the digits written so far, so the final answer is copied from the line above:
 #
 #     Add right to left.
-#     2+6+0=8, write 8, carry 0.
-#     8+7+0=14, write 4, carry 1.
-#     Wait, recheck: 8+7+0=15, write 5, carry 1.
-#     4+3+1=8, write 8, carry 0.
+#     482+376: 2+6+0=8, write 8, carry 0, so far 8.
+#     48+37: 8+7+0=14, write 4, carry 1, so far 48.
+#     Wait, recheck: 48+37: 8+7+0=15, write 5, carry 1, so far 58.
+#     4+3: 4+3+1=8, write 8, carry 0, so far 858.
 #     So 482+376=858.
 #     Verify: 858-376=482.
 #     \boxed{858}
 #
-# Short CoT (24-26 characters): "482+376=858. \boxed{858}". With all three ops the long CoT is 148-226
-# characters (subtraction 150-202, multiplication of a 3-digit number 158-226).
+# Short CoT (24-26 characters): "482+376=858. \boxed{858}". With all three ops the long CoT is 202-307
+# characters.
 # Subtraction borrows ("12-6-0=6, write 6, borrow 1.") and is verified by addition; multiplication by a single
 # digit carries ("7*8+3=59, write 9, carry 5.") and is verified by a rounded estimate.
 
@@ -489,31 +492,42 @@ def _column_steps(a: int, b: int, op: str) -> tuple[list[tuple[str, int]], int]:
     return steps, c
 
 
-def _step_line(lhs: str, value: int, op: str) -> str:
-    """One column: '8+7+0=15, write 5, carry 1.' or '12-6-0=6, write 6, borrow 1.'"""
+def _step_line(rest: str, lhs: str, value: int, op: str, so_far: str) -> str:
+    """One column: '571+161: 1+1+0=2, write 2, carry 0, so far 2.' The line starts with what is left of the
+    numbers, so the digits it adds are the last ones just before '+' and ':' (a short, fixed-distance look-up
+    that a small rotary-position model learns quickly), and it carries the digits written so far."""
     if op == "sub":
         borrow = int(int(lhs.split("-")[0]) >= 10)  # the top digit shows +10 when this column borrowed
-        return f"{lhs}={value}, write {value}, borrow {borrow}."
-    return f"{lhs}={value}, write {value % 10}, carry {value // 10}."
+        return f"{rest}: {lhs}={value}, write {value}, borrow {borrow}, so far {so_far}."
+    return f"{rest}: {lhs}={value}, write {value % 10}, carry {value // 10}, so far {so_far}."
 
 
 def long_cot(a: int, b: int, op: str, rng: random.Random, p_error: float) -> str:
-    """Column-by-column solution with a verification; with probability p_error one step is first wrong."""
+    """Column-by-column solution with a verification; with probability p_error one step is first wrong, then
+    'Wait, recheck:' and the corrected line."""
     steps, final_carry = _column_steps(a, b, op)
     result = {"add": a + b, "sub": a - b, "mul": a * b}[op]
     sym = OPS[op]
     bad = rng.randrange(len(steps)) if rng.random() < p_error else -1
     head = {"add": "Add right to left.", "sub": "Subtract right to left.", "mul": "Multiply right to left."}[op]
-    out = [head]
+    out, so_far = [head], ""
+    sa, sb = str(a), str(b)
     for i, (lhs, value) in enumerate(steps):
+        left_a = sa[:len(sa) - i] or "0"  # what is left of a (and of b) after i columns
+        left_b = sb if op == "mul" else (sb[:len(sb) - i] or "0")
+        rest = f"{left_a}{sym}{left_b}"
+        digit = value if op == "sub" else value % 10
         if i == bad:
             hi = 9 if op == "sub" else (9 * 9 + 8 if op == "mul" else 19)
-            out.append(_step_line(lhs, _wrong(value, rng, 0, hi), op))
-            out.append(RECHECK + _step_line(lhs, value, op))
+            wrong = _wrong(value, rng, 0, hi)
+            out.append(_step_line(rest, lhs, wrong, op, f"{wrong if op == 'sub' else wrong % 10}{so_far}"))
+            out.append(RECHECK + _step_line(rest, lhs, value, op, f"{digit}{so_far}"))
         else:
-            out.append(_step_line(lhs, value, op))
+            out.append(_step_line(rest, lhs, value, op, f"{digit}{so_far}"))
+        so_far = f"{digit}{so_far}"
     if final_carry:
-        out.append(f"Carry {final_carry} in front.")
+        so_far = f"{final_carry}{so_far}"
+        out.append(f"Carry {final_carry} in front, so far {so_far}.")
     out.append(f"So {a}{sym}{b}={result}.")
     if op == "add":
         out.append(f"Verify: {result}-{b}={a}.")

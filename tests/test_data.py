@@ -342,7 +342,8 @@ def test_classroom_splits_are_disjoint():
     assert all(data.is_test_problem(p) for p in test) and not any(data.is_test_problem(p) for p in train)
 
 
-STEP = re.compile(r"(?:Wait, recheck: )?(\d+)([+*-])(\d+)([+-])(\d+)=(\d+), write (\d), (carry|borrow) (\d+)\.")
+STEP = re.compile(r"(?:Wait, recheck: )?(\d+)[+*-](\d+): (\d+)([+*-])(\d+)([+-])(\d+)=(\d+), write (\d), "
+                  r"(carry|borrow) (\d+), so far (\d+)\.")
 
 
 @pytest.mark.parametrize("knobs", [{}, {"ops": "sub"}, {"ops": "mul", "digits": 4}, {"ops": "add,sub,mul"},
@@ -365,7 +366,12 @@ def test_classroom_answers_and_steps_are_right(knobs):
             steps = [(i, STEP.fullmatch(ln)) for i, ln in enumerate(lines) if STEP.fullmatch(ln)]
             assert steps, r["long_cot"]
             for i, m in steps:
-                x, o1, y, o2, c, value, written, kind, out = m.groups()
+                left_a, left_b, x, o1, y, o2, c, value, written, kind, out, so_far = m.groups()
+                if op == "*":  # "b*x+c": the multiplier, then a's digit
+                    assert left_b == x and left_a[-1] == y
+                else:  # the digits added are the last ones of what is left of a and b (a borrow shows +10)
+                    assert left_a[-1] == x[-1] and left_b[-1] == y
+                assert so_far.startswith(written)
                 true = eval(f"{x}{o1}{y}{o2}{c}")  # digits and + - * only
                 corrected = i + 1 < len(lines) and lines[i + 1].startswith("Wait, recheck: ")
                 assert (int(value) != true) == corrected, r["long_cot"]
@@ -388,7 +394,7 @@ def test_classroom_lengths_are_in_the_documented_range():
     rows = data.classroom(2000, seed=0)
     long = [len(r["long_cot"]) for r in rows]
     short = [len(r["short_cot"]) for r in rows]
-    assert 140 <= min(long) and max(long) <= 230 and 160 <= sum(long) / len(long) <= 190
+    assert 200 <= min(long) and max(long) <= 320 and 225 <= sum(long) / len(long) <= 260
     assert 20 <= min(short) and max(short) <= 30
     assert max(len(data.format_prompt(r["problem"])) for r in rows) == 30
 
