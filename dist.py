@@ -74,6 +74,13 @@ def shard(model, param_dtype=torch.bfloat16, reduce_dtype=torch.float32, reshard
     return model
 
 
+def compute_dtype(name, device):
+    """--dtype: "auto" is bf16 on a GPU and fp32 on a CPU (exact, and what the tests compare)."""
+    if name not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"--dtype {name!r}: expected auto, bf16 or fp32")
+    return torch.bfloat16 if name == "bf16" or (name == "auto" and torch.device(device).type == "cuda") else torch.float32
+
+
 def autocast(device, dtype=torch.bfloat16):
     """bf16 autocast for one process on a GPU (fp32 master weights); under FSDP (its MixedPrecisionPolicy
     casts) and on the CPU (fp32 for exactness): a no-op context."""

@@ -179,7 +179,7 @@ def replication_table(results):
                      f"| {r['mean_length']:.0f} |")
     for name in ("ppo-long-cosine", "ppo-short-cosine", "ppo-long-classic"):
         held = results[name]["held_out"]
-        (s0, a0, l0), (s1, a1, l1) = held[0], held[-1]
+        (_, a0, l0), (s1, a1, l1) = held[0], held[-1]
         _, cot, rew = name.split("-")
         lines.append(f"| PPO from {cot}-CoT SFT, {rew} reward, {s1} iterations | {a0:.3f} -> {a1:.3f} "
                      f"(gain {a1 - a0:+.3f}) | {l0:.0f} -> {l1:.0f} |")
@@ -236,7 +236,7 @@ def main(argv=None):
     import data
     import model as M
     rank, world, device = dist.init()
-    dtype = torch.bfloat16 if (args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")) else torch.float32
+    dtype = dist.compute_dtype(args.dtype, device)
     net, tok = M.load(args.model, dtype=dtype, device=device)
     os.makedirs(args.out, exist_ok=True)
     summary = {}

@@ -29,7 +29,6 @@ recomputed by the training forward (not taken from the sampler), as OpenRLHF doe
 """
 import argparse
 import json
-import math
 import os
 import random
 import signal
@@ -291,7 +290,7 @@ def main(argv=None):
     from eval import evaluate
     from sample import decode_copy, encode_prompt, generate
 
-    dtype = torch.bfloat16 if (args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")) else torch.float32
+    dtype = dist.compute_dtype(args.dtype, device)
     start = ensure_start(args)
     os.makedirs(args.out, exist_ok=True)
     if rank == 0:

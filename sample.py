@@ -235,8 +235,7 @@ def main(argv=None):
     import dist
     import model as M
     rank, world, device = dist.init()
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
-             "fp32": torch.float32}[args.dtype]
+    dtype = dist.compute_dtype(args.dtype, device)
     rows = read_prompts(args.prompts)
     net, tok = M.load(args.model, dtype=dtype, device=device)
     if any("prompt" not in r for r in rows):

@@ -155,7 +155,7 @@ def run_eval(args, model, tok, rows, step, dtype):
 def main(argv=None):
     args = parse_args(argv)
     rank, world, device = dist.init()
-    dtype = torch.bfloat16 if (args.dtype == "bf16" or (args.dtype == "auto" and device.type == "cuda")) else torch.float32
+    dtype = dist.compute_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     if rank == 0:

@@ -1,5 +1,4 @@
 """Tests for data.py: loaders and their errors, source conversions, prompts, the classroom task, distillation."""
-import gzip
 import hashlib
 import io
 import json

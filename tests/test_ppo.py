@@ -10,14 +10,13 @@ import math
 import os
 import re
 import signal
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import model as M
+from scripts import read_metrics, run_script
 import ppo
 import reward as RW
 import sft
@@ -237,21 +236,11 @@ def sft_start(tmp_path_factory):
 
 
 def run(args, torchrun=False, expect_rc=0):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] \
-        if torchrun else [sys.executable]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(launcher + ["ppo.py"] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == expect_rc, f"rc {r.returncode}\n" + r.stdout[-3000:] + r.stderr[-3000:]
-    return r.stdout
+    return run_script("ppo.py", args, torchrun, expect_rc)
 
 
 def metrics(out):
-    """metrics.jsonl -> ({iteration: row}, {iteration: eval row}); repeated iterations (resume): the last wins."""
-    train, ev = {}, {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        (ev if "eval/accuracy" in row else train)[row["iteration"]] = row
-    return train, ev
+    return read_metrics(out, "iteration")
 
 
 def weights(path):

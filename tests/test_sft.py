@@ -10,14 +10,13 @@ import math
 import os
 import re
 import signal
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 import model as M
+from scripts import read_metrics, run_script
 import sft
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,22 +25,11 @@ FLAGS = ["--max-steps", "6", "--n-train", "64", "--batch-size", "8", "--micro-ba
 
 
 def run(args, torchrun=False, expect_rc=0):
-    """`python sft.py ARGS` (or under torchrun with 2 ranks) from the repository root; returns stdout."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] \
-        if torchrun else [sys.executable]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(launcher + ["sft.py"] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == expect_rc, f"rc {r.returncode}\n" + r.stdout[-3000:] + r.stderr[-3000:]
-    return r.stdout
+    return run_script("sft.py", args, torchrun, expect_rc)
 
 
 def metrics(out):
-    """metrics.jsonl -> ({step: training row}, {step: eval row}); a step logged twice (resume): the last wins."""
-    train, ev = {}, {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        (ev if "eval/accuracy" in row else train)[row["step"]] = row
-    return train, ev
+    return read_metrics(out, "step")
 
 
 def assert_same_weights(dir_a, dir_b, atol=0.0):

@@ -3,7 +3,6 @@ the batch form, and the MATH-500 / MATH-train gold answers (skipped if the data 
 import ast
 import builtins
 import json
-import os
 import re
 import signal
 import time
