@@ -432,25 +432,25 @@ def format_prompt(problem: str, tokenizer=None, options: Sequence[str] | None = 
 # The classroom task: seeded arithmetic with long and short chains of thought
 # ----------------------------------------------------------------------------------------------------------
 #
-# Problem "482+376=?", answer "858". Long CoT (default knobs, 3-digit + 3-digit addition: 202-301 characters,
-# mean about 240; the plain prompt adds 30). Each column's line starts with what is left of the two numbers, so
-# the digits it adds sit just before "+" and ":" (a fixed short distance: a 0.8M-parameter model with rotary
-# positions learns that look-up in minutes, while fetching digits from the far-away problem it does not), and
-# ends with the digits written so far, so the final answer is copied from the line above:
+# Problem "482+376=?", answer "858". Long CoT (default knobs, 3-digit + 3-digit addition: 217-335 characters,
+# mean about 270; the plain prompt adds 30). Every column line has the same width (numbers right-aligned, sums
+# with two digits), so each digit a line needs sits at a fixed distance: the digits to add end what is left of
+# the numbers at the start of the line, and what is left, the carry and the digits so far are the line above
+# shifted by one column. A 0.8M-parameter model with rotary positions learns such fixed-distance look-ups
+# quickly; fetching digits from a distance that varies from trace to trace it did not learn in our CPU budget:
 #
 #     Add right to left.
-#     482+376: 2+6+0=8, write 8, carry 0, so far 8.
-#     48+37: 8+7+0=14, write 4, carry 1, so far 48.
-#     Wait, recheck: 48+37: 8+7+0=15, write 5, carry 1, so far 58.
-#     4+3: 4+3+1=8, write 8, carry 0, so far 858.
+#     482+376: 2+6+0=08, write 8, carry 0, so far    8.
+#      48+ 37: 8+7+0=14, write 4, carry 1, so far   48.
+#     Wait, recheck:  48+ 37: 8+7+0=15, write 5, carry 1, so far   58.
+#       4+  3: 4+3+1=08, write 8, carry 0, so far  858.
 #     So 482+376=858.
 #     Verify: 858-376=482.
 #     \boxed{858}
 #
-# Short CoT (24-26 characters): "482+376=858. \boxed{858}". With all three ops the long CoT is 202-307
-# characters.
-# Subtraction borrows ("12-6-0=6, write 6, borrow 1.") and is verified by addition; multiplication by a single
-# digit carries ("7*8+3=59, write 9, carry 5.") and is verified by a rounded estimate.
+# Short CoT (24-26 characters): "482+376=858. \boxed{858}". With all three ops the long CoT is 216-336
+# characters. Subtraction borrows ("12-6-0=6, write 6, borrow 1, so far ...") and is verified by addition;
+# multiplication by a single digit carries ("7*8+3=59, write 9, carry 5, ...") and is checked by an estimate.
 
 OPS = {"add": "+", "sub": "-", "mul": "*"}
 RECHECK = "Wait, recheck: "
@@ -482,7 +482,7 @@ def _column_steps(a: int, b: int, op: str) -> tuple[list[tuple[str, int]], int]:
         for i in range(len(da)):
             x, y = da[i], (db[i] if i < len(db) else 0)
             borrow = int(x - y - c < 0)
-            steps.append((f"{x + 10 * borrow}-{y}-{c}", x + 10 * borrow - y - c))
+            steps.append((f"{x + 10 * borrow:>2}-{y}-{c}", x + 10 * borrow - y - c))  # top shows +10 on a borrow
             c = borrow
     else:  # mul: b is one digit
         for x in _digits(a):
@@ -493,41 +493,45 @@ def _column_steps(a: int, b: int, op: str) -> tuple[list[tuple[str, int]], int]:
 
 
 def _step_line(rest: str, lhs: str, value: int, op: str, so_far: str) -> str:
-    """One column: '571+161: 1+1+0=2, write 2, carry 0, so far 2.' The line starts with what is left of the
-    numbers, so the digits it adds are the last ones just before '+' and ':' (a short, fixed-distance look-up
-    that a small rotary-position model learns quickly), and it carries the digits written so far."""
+    """One column, e.g. '494+194: 4+4+0=08, write 8, carry 0, so far    8.' Every line of a trace has the same
+    width (numbers right-aligned, sums with two digits), so each digit a line needs sits at a fixed distance:
+    the digits to add end what is left of the numbers at the line's start, and what is left, the carry and the
+    digits so far are the line above shifted by one column. A 0.8M-parameter model with rotary positions
+    learns fixed-distance look-ups in minutes; fetching digits from a varying distance it does not."""
     if op == "sub":
         borrow = int(int(lhs.split("-")[0]) >= 10)  # the top digit shows +10 when this column borrowed
         return f"{rest}: {lhs}={value}, write {value}, borrow {borrow}, so far {so_far}."
-    return f"{rest}: {lhs}={value}, write {value % 10}, carry {value // 10}, so far {so_far}."
+    return f"{rest}: {lhs}={value:02d}, write {value % 10}, carry {value // 10}, so far {so_far}."
 
 
 def long_cot(a: int, b: int, op: str, rng: random.Random, p_error: float) -> str:
     """Column-by-column solution with a verification; with probability p_error one step is first wrong, then
-    'Wait, recheck:' and the corrected line."""
+    'Wait, recheck:' and the corrected line. A final carry becomes one more column of zeros."""
     steps, final_carry = _column_steps(a, b, op)
+    if final_carry:
+        steps.append((f"{b}*0+{final_carry}" if op == "mul" else f"0+0+{final_carry}", final_carry))
     result = {"add": a + b, "sub": a - b, "mul": a * b}[op]
     sym = OPS[op]
     bad = rng.randrange(len(steps)) if rng.random() < p_error else -1
     head = {"add": "Add right to left.", "sub": "Subtract right to left.", "mul": "Multiply right to left."}[op]
-    out, so_far = [head], ""
     sa, sb = str(a), str(b)
+    w = max(len(sa), len(sb))
+    width = w + 1 if op != "sub" else w  # the digits so far, right-aligned in the widest possible result
+    out, digits = [head], ""
     for i, (lhs, value) in enumerate(steps):
-        left_a = sa[:len(sa) - i] or "0"  # what is left of a (and of b) after i columns
-        left_b = sb if op == "mul" else (sb[:len(sb) - i] or "0")
-        rest = f"{left_a}{sym}{left_b}"
+        left_a = sa[:max(len(sa) - i, 0)] or "0"  # what is left of a (and of b) after i columns
+        left_b = sb if op == "mul" else (sb[:max(len(sb) - i, 0)] or "0")
+        rest = f"{left_a:>{w}}{sym}{left_b:>{w if op != 'mul' else len(sb)}}"
         digit = value if op == "sub" else value % 10
         if i == bad:
             hi = 9 if op == "sub" else (9 * 9 + 8 if op == "mul" else 19)
             wrong = _wrong(value, rng, 0, hi)
-            out.append(_step_line(rest, lhs, wrong, op, f"{wrong if op == 'sub' else wrong % 10}{so_far}"))
-            out.append(RECHECK + _step_line(rest, lhs, value, op, f"{digit}{so_far}"))
+            wrong_digits = f"{wrong if op == 'sub' else wrong % 10}{digits}"
+            out.append(_step_line(rest, lhs, wrong, op, f"{wrong_digits:>{width}}"))
+            out.append(RECHECK + _step_line(rest, lhs, value, op, f"{digit}{digits}".rjust(width)))
         else:
-            out.append(_step_line(rest, lhs, value, op, f"{digit}{so_far}"))
-        so_far = f"{digit}{so_far}"
-    if final_carry:
-        so_far = f"{final_carry}{so_far}"
-        out.append(f"Carry {final_carry} in front, so far {so_far}.")
+            out.append(_step_line(rest, lhs, value, op, f"{digit}{digits}".rjust(width)))
+        digits = f"{digit}{digits}"
     out.append(f"So {a}{sym}{b}={result}.")
     if op == "add":
         out.append(f"Verify: {result}-{b}={a}.")
