@@ -130,7 +130,11 @@ def load_train_rows(args, tok):
     import data
     if args.data == "classroom":
         return data.sft_rows(data.classroom(args.n_train, seed=args.seed, split="train"), cot=args.cot, tokenizer=tok)
-    return data.load_jsonl(args.data, required=("prompt", "response"))
+    rows = data.load_jsonl(args.data, required=("prompt", "response"))
+    for r in rows:  # distilled rows keep the problem: re-format it with the student's own chat template
+        if "problem" in r:
+            r["prompt"] = data.format_prompt(r["problem"], tok, r.get("options"))
+    return rows
 
 
 def load_eval_rows(args):
