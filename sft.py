@@ -1,6 +1,6 @@
 """Supervised fine-tuning on (prompt, response) pairs: the paper's long-CoT / short-CoT SFT stage.
 
-    python sft.py                                  # tiny model, classroom task, long CoT, a few CPU minutes
+    python sft.py                                  # tiny model, classroom task, long CoT, ~10 CPU minutes
     python sft.py --cot short                      # the same with short CoT traces
     python sft.py --model qwen-math-7b --data sft_long.jsonl --out runs/sft-7b   # a real run (GPU)
     torchrun --standalone --nproc_per_node 8 sft.py --model qwen-math-7b --data sft_long.jsonl
@@ -41,7 +41,7 @@ def parse_args(argv=None):
     a("--eval-data", default="classroom", help="'classroom', a benchmark name (data.py) or a JSONL of problems")
     a("--n-eval", type=int, default=200, help="held-out problems for the periodic evaluation")
     a("--out", default="runs/sft", help="run directory: args, metrics, checkpoint (resumed if present)")
-    a("--epochs", type=float, default=3.0, help="passes over the data (paper: 2-3)")
+    a("--epochs", type=float, default=8.0, help="passes over the data (paper: 2-3; the tiny model needs ~1000 steps)")
     a("--batch-size", type=int, default=32, help="sequences per optimizer step, over all ranks")
     a("--micro-batch-size", type=int, default=16, help="sequences per forward/backward (memory)")
     a("--lr", type=float, default=3e-3, help="peak lr (tiny model; the paper's 7B SFT uses ~5e-6)")
