@@ -39,6 +39,7 @@ import torch
 
 import dist
 import model as M
+from sft import lr_at  # linear warmup, then cosine decay to peak * min_ratio
 
 PAPER = dict(  # Yeo et al. 2025, RL setup (Sec. 4, App. E)
     actor_lr=5e-7, critic_lr=9e-6, kl_coef=0.01, reward="cosine", rep_n=40, rep_penalty=-0.05,
@@ -206,12 +207,6 @@ def explained_variance(values, returns, mask):
     return float(1 - var_e / var_r) if var_r > 1e-12 else float("nan")
 
 
-def lr_at(step, total, peak, warmup_steps, min_ratio):
-    """Linear warmup, then cosine decay to peak * min_ratio (as in sft.py)."""
-    from sft import lr_at as f
-    return f(step, total, peak, warmup_steps, min_ratio)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Batching helpers
 # ----------------------------------------------------------------------------------------------------
@@ -340,13 +335,19 @@ def main(argv=None):
     metrics_f = open(os.path.join(args.out, "metrics.jsonl"), "a") if rank == 0 else None
     log = lambda row: metrics_f and (metrics_f.write(json.dumps(row) + "\n"), metrics_f.flush())  # noqa: E731
     warm = max(1, int(args.warmup * args.iterations))
-    sampler = None
+    sampler, stale = None, True
+
+    def current_sampler():
+        """The policy itself (one process, fp32) or a plain decode copy, re-gathered only after an update."""
+        nonlocal sampler, stale
+        if stale:
+            sampler = decode_copy(policy, dist.full_state_dict(policy, rank0_only=False), sampler, dtype) \
+                if (world > 1 or dtype != torch.float32) else policy
+            stale = False
+        return sampler
 
     def held_out(step):
-        nonlocal sampler
-        sampler = decode_copy(policy, dist.full_state_dict(policy, rank0_only=False), sampler, dtype) \
-            if (world > 1 or dtype != torch.float32) else policy
-        ev, _ = evaluate(sampler, tok, eval_rows, temperature=0.7, top_p=0.95,
+        ev, _ = evaluate(current_sampler(), tok, eval_rows, temperature=0.7, top_p=0.95,
                          max_new_tokens=args.max_new_tokens, seed=10_000 + step)
         log({"iteration": step, **{f"eval/{k}": v for k, v in ev.items()}})
         return ev
@@ -365,10 +366,9 @@ def main(argv=None):
         it_prompts = prompt_indices(it)  # global, the same list on every rank
         positions = list(range(rank, len(it_prompts), world))  # this rank's share
         idx = [it_prompts[p] for p in positions]
-        sampler = decode_copy(policy, dist.full_state_dict(policy, rank0_only=False), sampler, dtype) \
-            if (world > 1 or dtype != torch.float32) else policy
-        outs = generate(sampler, tok, [prompts[i] for i in idx], n=args.n_samples, temperature=args.temperature,
-                        top_p=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed + 100_003 * it,
+        outs = generate(current_sampler(), tok, [prompts[i] for i in idx], n=args.n_samples,
+                        temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_new_tokens,
+                        seed=args.seed + 100_003 * it,
                         batch_size=max(64, len(idx) * args.n_samples), keys=positions)
         samples = [(i, s) for i, group in zip(idx, outs) for s in group]
         # global id of each local sample (position * n + k): minibatches are drawn from global ids, so that one
@@ -464,6 +464,7 @@ def main(argv=None):
                 actor_opt.zero_grad(set_to_none=True), critic_opt.zero_grad(set_to_none=True)
                 n_updates += 1
         it += 1
+        stale = True  # the policy changed: the next rollout or evaluation re-gathers its weights
         t4 = time.time()
 
         # ---- 6. log health signals (averaged over ranks) ----
@@ -499,17 +500,11 @@ def main(argv=None):
     if bar:
         bar.close()
 
-    # ---- summary: held-out accuracy before and after, from the metrics log ----
-    evals = []
-    if rank == 0:
-        with open(os.path.join(args.out, "metrics.jsonl")) as f:
-            evals = [r for r in map(json.loads, f) if "eval/accuracy" in r]
-    if rank == 0 and evals:
-        first, last = evals[0], evals[-1]
-        print(f"held-out accuracy {first['eval/accuracy']:.2f} -> {last['eval/accuracy']:.2f} "
-              f"(n={last['eval/n']})", flush=True)
-        return first, last
-    return None
+    # ---- summary: held-out accuracy before and after, from the metrics log (spans resumed runs) ----
+    from eval import read_curves
+    held = read_curves(args.out)[1] if rank == 0 else []  # (iteration, accuracy, length)
+    if held:
+        print(f"held-out accuracy {held[0][1]:.2f} -> {held[-1][1]:.2f} (n={len(eval_rows)})", flush=True)
 
 
 if __name__ == "__main__":

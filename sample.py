@@ -156,7 +156,7 @@ def generate(model: CausalLM, tokenizer, prompts, n=1, temperature=0.7, top_p=0.
             toks[s].append(t)
             lps[s].append(lp)
         n_tokens += int(active.sum())
-        done = finished | (active & torch.tensor([len(t) >= max_new_tokens for t in toks], device=device))
+        done = finished | (active & (steps + 1 >= max_new_tokens))  # steps: tokens before this one
         for s in done.nonzero().flatten().tolist():
             reason = "eos" if bool(finished[s]) else "length"
             text = tokenizer.decode(toks[s], skip_special_tokens=True)
