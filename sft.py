@@ -1,6 +1,6 @@
 """Supervised fine-tuning on (prompt, response) pairs: the paper's long-CoT / short-CoT SFT stage.
 
-    python sft.py                                  # tiny model, classroom task, long CoT, ~10 CPU minutes
+    python sft.py                                  # tiny model, classroom task, long CoT, ~5 CPU minutes
     python sft.py --cot short                      # the same with short CoT traces
     python sft.py --model qwen-math-7b --data sft_long.jsonl --out runs/sft-7b   # a real run (GPU)
     torchrun --standalone --nproc_per_node 8 sft.py --model qwen-math-7b --data sft_long.jsonl
@@ -37,12 +37,12 @@ def parse_args(argv=None):
     a("--model", default="tiny", help="alias, HF dir or hub id to start from")
     a("--data", default="classroom", help="'classroom' or a JSONL with prompt/response per line")
     a("--cot", default="long", choices=["long", "short"], help="classroom traces: long or short CoT")
-    a("--n-train", type=int, default=4000, help="classroom training problems")
+    a("--n-train", type=int, default=2000, help="classroom training problems (x 8 epochs / 16 = 1000 steps)")
     a("--eval-data", default="classroom", help="'classroom', a benchmark name (data.py) or a JSONL of problems")
     a("--n-eval", type=int, default=200, help="held-out problems for the periodic evaluation")
     a("--out", default="runs/sft", help="run directory: args, metrics, checkpoint (resumed if present)")
     a("--epochs", type=float, default=8.0, help="passes over the data (paper: 2-3; the tiny model needs ~1000 steps)")
-    a("--batch-size", type=int, default=32, help="sequences per optimizer step, over all ranks")
+    a("--batch-size", type=int, default=16, help="sequences per step, all ranks (tiny model: steps matter more than batch)")
     a("--micro-batch-size", type=int, default=16, help="sequences per forward/backward (memory)")
     a("--lr", type=float, default=3e-3, help="peak lr (tiny model; the paper's 7B SFT uses ~5e-6)")
     a("--min-lr-ratio", type=float, default=0.1, help="cosine decays to lr * this")

@@ -26,13 +26,13 @@ one and leave ~128 of the GPU's 132 SMs idle. So the sequence is cut into `num_s
 
 Split heuristic (`choose_num_splits`): aim at ~2 programs per SM (132 SMs on an H100), i.e.
 num_splits = ceil(2 * SMs / (B * Hkv)), but never more splits than BLOCK_N-sized tiles in the longest row and
-never more than 64 (to bound the combine's work). Chunks are whole multiples of BLOCK_N. Batch 1 with 4 kv heads
-and a 16K cache: 64 splits of 256 tokens (256 programs); batch 64: 2 splits.
-The longest length is read from `lengths` (one GPU->CPU sync) unless the caller passes `max_len`, any host-side
-bound >= lengths.max(): prefer that in a hot loop. The grid then depends only on host values (CUDA-graph
-friendly), and every program clamps its chunk to its own row's length, so chunks past a row's end exit at once.
-With a loose bound such as the cache capacity, the chunks are sized for the capacity: fewer of them do work
-while rows are still short.
+never more than 64 (to bound the combine's work). Batch 1 with 4 kv heads and a 16K cache: 64 splits (256
+programs); batch 64: 2 splits. The grid depends only on host values (CUDA-graph friendly): the longest length
+is read from `lengths` (one GPU->CPU sync) unless the caller passes `max_len`, any host-side bound >=
+lengths.max() such as the cache capacity (the sampler does: no sync in the hot loop). Each program then sizes
+its chunk from its OWN row's current length, chunk_b = ceil(ceil(L_b / num_splits) / BLOCK_N) * BLOCK_N, so
+all the splits of a row share its work evenly whether the row is 300 or 16K tokens long and however loose
+max_len is (sizing chunks from max_len instead would leave most programs idle early in a long generation).
 
 Numerics: loads are cast to fp32; softmax is in fp32 with exp2 (scores are multiplied by scale * log2(e)).
 tl.dot on fp32 inputs uses TF32 tensor cores on a GPU for bf16/fp16 caches: q and k come from bf16/fp16 so they
@@ -90,29 +90,34 @@ def _check_inputs(q, k_cache, v_cache, lengths):
 
 
 def choose_num_splits(batch, kv_heads, max_len, block_n, num_sms=DEFAULT_SMS):
-    """How many chunks to cut the sequence into, and the chunk length (a multiple of block_n).
-    Enough (row, kv head, chunk) programs for ~2 per SM, at most one chunk per tile, at most MAX_SPLITS."""
+    """How many chunks to cut each row into: enough (row, kv head, chunk) programs for ~2 per SM, at most one
+    chunk per BLOCK_N tile of the longest row, at most MAX_SPLITS."""
     tiles = max(1, -(-max_len // block_n))  # BLOCK_N tiles in the longest row
     want = -(-2 * num_sms // max(1, batch * kv_heads))  # ceil(2 * SMs / programs without splitting)
-    splits = max(1, min(want, tiles, MAX_SPLITS))
-    chunk = -(-tiles // splits) * block_n  # tokens per chunk, whole tiles
-    splits = max(1, -(-max_len // chunk))  # drop chunks that would start past the longest row
-    return splits, chunk
+    return max(1, min(want, tiles, MAX_SPLITS))
+
+
+def row_chunk(length, num_splits, block_n):
+    """Tokens per chunk of a row of `length` tokens: whole tiles, num_splits chunks cover [0, length).
+    The split kernel computes the same per row (kept here so the rule is readable and tested)."""
+    per_split = -(-length // num_splits)  # ceil
+    return -(-per_split // block_n) * block_n  # rounded up to whole tiles
 
 
 if HAS_TRITON:
     @triton.jit
     def _split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, m_ptr, l_ptr, acc_ptr,
                       sqb, sqh, sqd, skb, skh, sks, skd, svb, svh, svs, svd,
-                      S, G, CHUNK, NUM_SPLITS, qk_scale,
+                      S, G, NUM_SPLITS, qk_scale,
                       DH: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
                       PRECISION: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1).to(tl.int64)
         split = tl.program_id(2)
         length = tl.minimum(tl.load(len_ptr + b).to(tl.int32), S)  # never read past the cache capacity
-        start = split * CHUNK
-        end = tl.minimum(start + CHUNK, length)  # this program's tokens: [start, end), maybe empty
+        chunk = tl.cdiv(tl.cdiv(length, NUM_SPLITS), BLOCK_N) * BLOCK_N  # this row's chunk (= row_chunk)
+        start = split * chunk
+        end = tl.minimum(start + chunk, length)  # this program's tokens: [start, end), maybe empty
 
         offs_g = tl.arange(0, BLOCK_G)  # (BLOCK_G,) query heads of this group (padded to >= 16 rows)
         offs_d = tl.arange(0, DH)  # (DH,)
@@ -193,10 +198,7 @@ def decode_attention_triton(q, k_cache, v_cache, lengths, scale=None, max_len=No
     else:
         num_sms = DEFAULT_SMS
     if num_splits is None:
-        num_splits, chunk = choose_num_splits(B, Hkv, max_len, block_n, num_sms)
-    else:
-        chunk = -(-max_len // num_splits)
-        chunk = -(-chunk // block_n) * block_n  # whole tiles
+        num_splits = choose_num_splits(B, Hkv, max_len, block_n, num_sms)
     G = Hq // Hkv
     block_g = max(16, triton.next_power_of_2(G))  # tl.dot needs >= 16 rows on older Triton versions
     ws_m = torch.empty(B, Hq, num_splits, dtype=torch.float32, device=q.device)
@@ -207,7 +209,7 @@ def decode_attention_triton(q, k_cache, v_cache, lengths, scale=None, max_len=No
     _split_kernel[(B, Hkv, num_splits)](
         q, k_cache, v_cache, lengths, ws_m, ws_l, ws_acc,
         *q.stride(), *k_cache.stride(), *v_cache.stride(),
-        S, G, chunk, num_splits, scale * 1.4426950408889634,  # log2(e): exp(x) = exp2(x * log2(e))
+        S, G, num_splits, scale * 1.4426950408889634,  # log2(e): exp(x) = exp2(x * log2(e))
         DH=Dh, BLOCK_G=block_g, BLOCK_N=block_n, PRECISION=precision, num_warps=4)
     _combine_kernel[(B, Hq)](ws_m, ws_l, ws_acc, out, *out.stride(), Hq, num_splits,
                              BLOCK_S=triton.next_power_of_2(num_splits), DH=Dh,

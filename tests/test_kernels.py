@@ -233,15 +233,38 @@ def test_decode_attention_strided_cache_view():
 
 
 def test_choose_num_splits_hand_computed():
-    # batch 1, 4 kv heads, 16K: want ceil(264/4) = 66 -> cap 64; chunk = ceil(256 tiles / 64) * 64 = 256 tokens
-    assert decode_mod.choose_num_splits(1, 4, 16384, 64, 132) == (64, 256)
-    # batch 64, 2K: want ceil(264/256) = 2; chunk = 16 tiles * 64 = 1024
-    assert decode_mod.choose_num_splits(64, 4, 2048, 64, 132) == (2, 1024)
-    # 37 tokens in tiles of 16: 3 tiles -> at most 3 splits of 16 tokens
-    assert decode_mod.choose_num_splits(3, 2, 37, 16, 132) == (3, 16)
-    # 100 tokens, 7 tiles, want 3 -> chunk = ceil(7/3) = 3 tiles = 48 tokens -> ceil(100/48) = 3 splits
-    assert decode_mod.choose_num_splits(44, 2, 100, 16, 132) == (3, 48)
-    assert decode_mod.choose_num_splits(512, 8, 5000, 64, 132) == (1, 5056)  # enough programs already
+    # batch 1, 4 kv heads, 16K: want ceil(264/4) = 66 -> cap 64
+    assert decode_mod.choose_num_splits(1, 4, 16384, 64, 132) == 64
+    # batch 64, 2K: want ceil(264/256) = 2
+    assert decode_mod.choose_num_splits(64, 4, 2048, 64, 132) == 2
+    # 37 tokens in tiles of 16: 3 tiles -> at most 3 splits
+    assert decode_mod.choose_num_splits(3, 2, 37, 16, 132) == 3
+    assert decode_mod.choose_num_splits(44, 2, 100, 16, 132) == 3  # want ceil(264/88) = 3
+    assert decode_mod.choose_num_splits(512, 8, 5000, 64, 132) == 1  # enough programs already
+
+
+def test_row_chunk_covers_each_row_evenly():
+    # each row's own length decides its chunk: a short row in a 16K cache is not one idle-heavy 256-token chunk
+    assert decode_mod.row_chunk(16384, 64, 64) == 256
+    assert decode_mod.row_chunk(300, 64, 32) == 32  # ceil(300/64) = 5 -> one tile; splits 10..63 are empty
+    assert decode_mod.row_chunk(8000, 64, 32) == 128  # 63 of 64 splits busy (a capacity-sized chunk: 28)
+    assert decode_mod.row_chunk(0, 8, 16) == 0
+    for L in range(0, 300, 7):
+        for splits in (1, 3, 64):
+            c = decode_mod.row_chunk(L, splits, 16)
+            assert c % 16 == 0 and splits * c >= L and (L == 0 or c - 16 < -(-L // splits))
+
+
+@needs_triton
+def test_decode_attention_loose_max_len():
+    """max_len = the cache capacity (what the sampler passes): rows far shorter than it still come out exact."""
+    B, Hq, Hkv, S, Dh = 4, 4, 2, 200, 16
+    q, k, v = randn(B, Hq, Dh, seed=16), randn(B, Hkv, S, Dh, seed=17), randn(B, Hkv, S, Dh, seed=18)
+    lens = torch.tensor([5, 150, 77, 0], device=DEVICE)
+    out = decode_mod.decode_attention_triton(q, k, v, lens, max_len=S, block_n=16)
+    rtol, atol = tol((1e-5, 1e-5), (1e-2, 1e-2))
+    torch.testing.assert_close(out.float().cpu(), attention_loop(q.cpu(), k.cpu(), v.cpu(), lens.cpu(), Dh ** -0.5)
+                               .float(), rtol=rtol, atol=atol)
 
 
 def test_decode_attention_bad_input():
