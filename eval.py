@@ -125,7 +125,7 @@ README_START, README_END = "<!-- replication:start -->", "<!-- replication:end -
 
 
 # Sized so the whole replication takes < 30 minutes on a 2-core CPU (measured: see README): the long-CoT SFT is
-# `python sft.py` as it is (~5 minutes), the PPO runs take 10 iterations instead of `python ppo.py`'s 25.
+# `python sft.py` as it is (~5 minutes), the PPO runs take 10 iterations instead of `python ppo.py`'s 20.
 REPLICATE_N_LONG = 2000  # long-CoT SFT problems (sft.py's default); short CoT gets ~4.5x as many
 REPLICATE_SFT_ARGS = []  # extra sft.py flags for both SFT runs (the tests shrink the run with these)
 REPLICATE_PPO_ARGS = ["--iterations", "10"]  # extra ppo.py flags for the three PPO runs

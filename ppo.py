@@ -50,7 +50,7 @@ PAPER = dict(  # Yeo et al. 2025, RL setup (Sec. 4, App. E)
 CLASSROOM = dict(  # the tiny model on the classroom task: accuracy rises within minutes on a CPU
     actor_lr=2e-4, critic_lr=1e-3, kl_coef=0.01, reward="cosine", rep_n=40, rep_penalty=-0.05,
     gamma=1.0, rep_gamma=0.99, lam=1.0, max_prompt_len=64, max_new_tokens=400, prompts="classroom",
-    rollout_batch=32, n_samples=4, train_batch=64, micro_tokens=16384, ppo_epochs=2, iterations=25,
+    rollout_batch=32, n_samples=4, train_batch=64, micro_tokens=16384, ppo_epochs=2, iterations=20,
     warmup=0.05, eval_every=5, n_eval=200, eval_data="classroom", temperature=0.7, micro_batch=64,
     value_clip=5.0,  # returns span ~12 here and the head starts at 0: a 0.2 clip would freeze the critic
 )

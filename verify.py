@@ -1037,10 +1037,11 @@ def _serve():
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
     except (ImportError, ValueError, OSError):
         pass
+    slow_gold = os.environ.get("VERIFY_TEST_SLOW_GOLD")  # tests only: this gold sleeps 60 s (the timeout path)
     out.write(b"ready\n")
     for line in sys.stdin.buffer:
         ans, gold, kind = json.loads(line)
-        if gold == "__sleep__":  # test hook: lets the tests exercise the timeout path deterministically
+        if slow_gold is not None and gold == slow_gold:
             time.sleep(60)
         out.write((json.dumps(list(_safely(_judge, ans, gold, kind))) + "\n").encode())
 

@@ -486,11 +486,13 @@ def test_grade_batch_equals_per_item_grades():
         grade_batch([B("1")], ["1", "2"])
 
 
-def test_grade_batch_timeout_kills_only_the_slow_item():
+def test_grade_batch_timeout_kills_only_the_slow_item(monkeypatch):
     texts = [B(str(i)) for i in range(12)]
     golds = [str(i) for i in range(12)]
     kinds = ["math"] * 12
-    golds[4] = "__sleep__"  # the workers' test hook: this item sleeps for 60 s
+    golds[4] = "slow gold"
+    monkeypatch.setenv("VERIFY_TEST_SLOW_GOLD", "slow gold")  # fresh workers read it: this item sleeps 60 s
+    verify.close_pool()
     t0 = time.monotonic()
     res = grade_batch(texts, golds, kinds, workers=2, timeout=3.0)
     assert time.monotonic() - t0 < 50  # it did not wait for the sleeper
