@@ -150,6 +150,15 @@ def max_int(n: int) -> int:
     return int(t.item())
 
 
+def gather_objects(obj, dst=0):
+    """[obj of rank 0, obj of rank 1, ...] on rank dst (None elsewhere); [obj] without torchrun."""
+    if world() == 1:
+        return [obj]
+    out = [None] * world() if rank() == dst else None
+    td.gather_object(obj, out, dst=dst)
+    return out
+
+
 def broadcast_object(obj, src=0):
     if world() == 1:
         return obj

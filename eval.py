@@ -10,9 +10,10 @@
     metrics, records = evaluate(model, tok, rows, n=1)   # rows: dicts with problem, answer, kind (data.py)
 
 `evaluate` is also what sft.py and ppo.py call for their periodic held-out evaluation. Under torchrun each
-rank samples its share of the questions and the counts are summed over ranks. Paper settings: temperature
-0.7, top-p 0.95, up to 16,384 new tokens, TheoremQA text-only questions. Writes OUT/<benchmark>.jsonl (one
-line per sample) and OUT/summary.json, and prints one table. Departures from the paper: MMLU-Pro-1k is our
+rank samples its share of the questions and the counts are summed over ranks; the samples do not depend on
+the split. Paper settings: temperature 0.7, top-p 0.95, up to 16,384 new tokens, TheoremQA text-only
+questions. Writes OUT/<benchmark>.jsonl (one line per sample, all ranks', in question order) and
+OUT/summary.json, and prints one table. Departures from the paper: MMLU-Pro-1k is our
 own seeded sample (data.py); accuracy is averaged over all n samples per question.
 """
 import argparse
@@ -41,7 +42,7 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.7, top_p=0.95, max_new_t
              batch_size=64, progress=False):
     """Returns (metrics, records). metrics: accuracy (over all samples) with its standard error, mean response
     length in tokens, truncation rate, reflection words per response, n (questions x samples, all ranks).
-    records: this rank's per-sample dicts."""
+    records: this rank's per-sample dicts ("index": the question's position in rows)."""
     import verify
     from data import format_prompt
     positions = list(range(dist.rank(), len(rows), dist.world()))  # this rank's questions
@@ -55,10 +56,10 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.7, top_p=0.95, max_new_t
     kinds = [r.get("kind", "math") for r, samples in zip(mine, outs) for _ in samples]
     grades = verify.grade_batch(texts, golds, kinds) if texts else []
     records = []
-    for (r, samples) in zip(mine, outs):
+    for pos, r, samples in zip(positions, mine, outs):
         for s in samples:
             g = grades[len(records)]
-            records.append({"id": r.get("id"), "answer": r["answer"], "response": s.text,
+            records.append({"index": pos, "id": r.get("id"), "answer": r["answer"], "response": s.text,
                             "extracted": g.extracted, "correct": bool(g.correct), "num_tokens": len(s.token_ids),
                             "finish_reason": s.finish_reason, "reflections": sum(reflection_counts(s.text).values())})
     local = torch.tensor([len(records), sum(r["correct"] for r in records), sum(r["num_tokens"] for r in records),
@@ -232,7 +233,8 @@ def parse_args(argv=None):
     a = ap.add_argument
     a("--model", default="tiny", help="alias, HF dir or hub id (model.load)")
     a("--benchmarks", default="math500,aime2024,theoremqa,mmlu_pro_1k", help="comma list; 'classroom' too")
-    a("--n", type=int, default=1, help="samples per question")
+    a("--n", "--n-samples", dest="n", type=int, default=1,
+      help="samples per question (under torchrun spell it --n-samples: torchrun's parser takes --n)")
     a("--limit", type=int, default=0, help="first K questions of each benchmark (0: all)")
     a("--temperature", type=float, default=0.7, help="paper's setting")
     a("--top-p", type=float, default=0.95, help="paper's setting")
@@ -268,10 +270,11 @@ def main(argv=None):
         metrics, records = evaluate(net, tok, rows, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                     max_new_tokens=args.max_new_tokens, seed=args.seed,
                                     batch_size=args.batch_size, progress=rank == 0)
-        path = os.path.join(args.out, f"{name}.jsonl" if world == 1 else f"{name}.rank{rank}.jsonl")
-        with open(path, "w") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        gathered = dist.gather_objects(records)  # rank 0 writes every rank's samples, in question order
+        if rank == 0:
+            with open(os.path.join(args.out, f"{name}.jsonl"), "w") as f:
+                for r in sorted((r for part in gathered for r in part), key=lambda r: r["index"]):  # stable
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
         summary[name] = metrics
     if rank == 0:
         with open(os.path.join(args.out, "summary.json"), "w") as f:

@@ -1,6 +1,6 @@
 """PPO with GAE for long chain-of-thought RL: the paper's RL stage, written out by hand.
 
-    python ppo.py                                   # tiny model after a short classroom SFT, on a CPU
+    python ppo.py                                   # tiny model after the classroom SFT, on a CPU (~9 min)
     python ppo.py --reward classic                  # the 0/1 reward instead of the cosine one
     torchrun --standalone --nproc_per_node 8 ppo.py --model qwen-math-7b   # the paper's recipe (GPUs)
 

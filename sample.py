@@ -6,7 +6,7 @@
 
     python sample.py --model tiny --prompts prompts.jsonl --n 4 --temperature 0.7 --top-p 0.95 \
         --max-new-tokens 16384 --out samples.jsonl
-    torchrun --nproc_per_node 8 sample.py --model qwen-math-7b ...   # prompts split across ranks
+    torchrun --nproc_per_node 8 sample.py --model qwen-math-7b --n-samples 4 ...   # prompts split across ranks
 
 How it works. `batch_size` cache rows ("slots") are preallocated (model.KVCache). Each waiting (prompt,
 sample) job is prefilled into a free slot; then every step decodes one token for all slots at once
@@ -222,7 +222,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", help="alias, HF directory or hub id (model.load)")
     ap.add_argument("--prompts", required=True, help="JSONL with a 'prompt' or 'problem' per line")
-    ap.add_argument("--n", type=int, default=4, help="samples per prompt")
+    ap.add_argument("--n", "--n-samples", dest="n", type=int, default=4,
+                    help="samples per prompt (under torchrun spell it --n-samples: torchrun's parser takes --n)")
     ap.add_argument("--temperature", type=float, default=0.7, help="paper's evaluation temperature")
     ap.add_argument("--top-p", type=float, default=0.95, help="paper's nucleus size")
     ap.add_argument("--max-new-tokens", type=int, default=16384, help="paper's evaluation budget")

@@ -43,3 +43,32 @@ def test_fsdp_two_ranks_match_one_process(tmp_path):
     for (k, a), b, s in zip(m1.state_dict().items(), m2.state_dict().values(), start.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), k
         assert not torch.equal(a, s) or k.endswith("bias") or "norm" in k, k  # the steps did change weights
+
+
+def test_every_script_flag_has_a_spelling_torchrun_passes_on(monkeypatch):
+    """torchrun's own argparse reads options anywhere on the line, abbreviations included: `torchrun eval.py --n 2`
+    fails with "ambiguous option: --n could match --nnodes, --nproc-per-node, ...". Every flag of the scripts that
+    run under torchrun must have at least one spelling that is not a prefix of a torchrun option."""
+    import argparse
+
+    from torch.distributed.run import get_args_parser
+    import eval as E
+    import ppo
+    import sample
+    import sft
+    theirs = [s for a in get_args_parser()._actions for s in a.option_strings]
+    parsers = []
+
+    def grab(self, args=None, namespace=None):
+        parsers.append(self)
+        raise SystemExit(0)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", grab)
+    for parse in (sft.parse_args, ppo.parse_args, E.parse_args, sample.main):
+        with pytest.raises(SystemExit):
+            parse([])
+    assert len(parsers) == 4
+    bad = [(p.prog, a.option_strings) for p in parsers for a in p._actions
+           if a.option_strings and "--help" not in a.option_strings
+           and all(any(t.startswith(s) for t in theirs) for s in a.option_strings)]
+    assert not bad, f"flags torchrun would take for its own: {bad}"
+    assert any(a.option_strings == ["--n", "--n-samples"] for p in parsers for a in p._actions)  # the test can fail

@@ -1,4 +1,5 @@
-"""eval.py: reflection-word counts, the summary table, the CLI on the classroom task, training-curve plots."""
+"""eval.py: reflection-word counts, the summary table, the CLI on the classroom task (one process and torchrun),
+training-curve plots, the miniature replication at toy size."""
 import json
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 
 import eval as E
+from scripts import run_script
 
 
 def test_reflection_counts_whole_words_case_insensitive():
@@ -74,3 +76,17 @@ def test_replicate_smoke_writes_table_into_readme(tmp_path):
     again = E.replicate(str(root), n_long=16, sft_args=sft_args, ppo_args=ppo_args, readme=str(readme))
     assert (root / "ppo-long-classic" / "metrics.jsonl").stat().st_mtime == mtime  # reused, not re-run
     assert again["ppo-long-cosine"]["held_out"] == results["ppo-long-cosine"]["held_out"]
+
+
+def test_cli_under_torchrun_equals_one_process(tmp_path):
+    """Two ranks split the questions; rank 0 writes one JSONL with the same samples, in the same order, as one
+    process (each sample's randomness depends on its question, not its rank) and the same summary."""
+    flags = ["--model", "tiny", "--benchmarks", "classroom", "--limit", "5", "--n-samples", "2", "--max-new-tokens", "12"]
+    run_script("eval.py", flags + ["--out", str(tmp_path / "one")])
+    run_script("eval.py", flags + ["--out", str(tmp_path / "two")], torchrun=True)
+    rows = {k: (tmp_path / k / "classroom.jsonl").read_text().splitlines() for k in ("one", "two")}
+    assert len(rows["one"]) == 10 and rows["one"] == rows["two"]
+    assert [json.loads(r)["index"] for r in rows["two"]] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    summary = {k: json.loads((tmp_path / k / "summary.json").read_text())["results"] for k in ("one", "two")}
+    assert summary["one"] == summary["two"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["classroom.jsonl", "summary.json"]
