@@ -37,11 +37,22 @@ def reflection_counts(text: str) -> dict:
     return {w: len(re.findall(r"\b" + w.replace(" ", r"\s+") + r"\b", low)) for w in REFLECTION_WORDS}
 
 
+def accuracy_se(sum_q, sum_q2, questions):
+    """Standard error of the accuracy, with questions as the sampling unit: the n samples of one question are
+    not independent, so SE = sqrt(Var_q(a_q) / Q) over the per-question accuracies a_q (population variance),
+    from their sum and sum of squares. With n = 1 this is the binomial sqrt(acc (1 - acc) / Q)."""
+    if questions <= 0:
+        return 0.0
+    mean = sum_q / questions
+    return math.sqrt(max(sum_q2 / questions - mean * mean, 0.0) / questions)
+
+
 @torch.no_grad()
 def evaluate(model, tokenizer, rows, n=1, temperature=0.7, top_p=0.95, max_new_tokens=16384, seed=0,
              batch_size=64, progress=False):
-    """Returns (metrics, records). metrics: accuracy (over all samples) with its standard error, mean response
-    length in tokens, truncation rate, reflection words per response, n (questions x samples, all ranks).
+    """Returns (metrics, records). metrics: accuracy (over all samples) with its standard error (questions as
+    the unit: accuracy_se), mean response length in tokens, truncation rate, reflection words per response,
+    n (questions x samples, all ranks).
     records: this rank's per-sample dicts ("index": the question's position in rows)."""
     import verify
     from data import format_prompt
@@ -62,13 +73,17 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.7, top_p=0.95, max_new_t
             records.append({"index": pos, "id": r.get("id"), "answer": r["answer"], "response": s.text,
                             "extracted": g.extracted, "correct": bool(g.correct), "num_tokens": len(s.token_ids),
                             "finish_reason": s.finish_reason, "reflections": sum(reflection_counts(s.text).values())})
+    per_question = {}
+    for r in records:
+        per_question.setdefault(r["index"], []).append(r["correct"])
+    q_acc = [sum(ok) / len(ok) for ok in per_question.values()]  # each question's accuracy over its n samples
     local = torch.tensor([len(records), sum(r["correct"] for r in records), sum(r["num_tokens"] for r in records),
-                          sum(r["finish_reason"] == "length" for r in records),
-                          sum(r["reflections"] for r in records)], dtype=torch.float64)
-    count, correct, length, trunc, refl = dist.sum_tensor(local).tolist()
+                          sum(r["finish_reason"] == "length" for r in records), sum(r["reflections"] for r in records),
+                          len(q_acc), sum(q_acc), sum(a * a for a in q_acc)], dtype=torch.float64)
+    count, correct, length, trunc, refl, questions, sum_q, sum_q2 = dist.sum_tensor(local).tolist()
     count = max(count, 1)
     acc = correct / count
-    metrics = {"accuracy": acc, "accuracy_se": math.sqrt(acc * (1 - acc) / count), "mean_length": length / count,
+    metrics = {"accuracy": acc, "accuracy_se": accuracy_se(sum_q, sum_q2, questions), "mean_length": length / count,
                "truncation_rate": trunc / count, "reflections_per_response": refl / count, "n": int(count)}
     return metrics, records
 

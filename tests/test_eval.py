@@ -1,6 +1,7 @@
 """eval.py: reflection-word counts, the summary table, the CLI on the classroom task (one process and torchrun),
 training-curve plots, the miniature replication at toy size."""
 import json
+import math
 import subprocess
 import sys
 
@@ -90,3 +91,13 @@ def test_cli_under_torchrun_equals_one_process(tmp_path):
     summary = {k: json.loads((tmp_path / k / "summary.json").read_text())["results"] for k in ("one", "two")}
     assert summary["one"] == summary["two"]
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["classroom.jsonl", "summary.json"]
+
+
+def test_accuracy_se_counts_questions_not_samples():
+    # 2 questions x 2 samples: one always right, one always wrong. Per-question accuracies 1 and 0: variance 0.25,
+    # SE = sqrt(0.25 / 2) = 0.354 (treating the 4 samples as independent would claim sqrt(0.25 / 4) = 0.25)
+    assert E.accuracy_se(1.0, 1.0, 2) == pytest.approx(math.sqrt(0.25 / 2))
+    # n = 1: the binomial formula; 3 of 4 right -> sqrt(0.75 * 0.25 / 4)
+    assert E.accuracy_se(3.0, 3.0, 4) == pytest.approx(math.sqrt(0.75 * 0.25 / 4))
+    # every question half right: no spread between questions -> 0
+    assert E.accuracy_se(1.5, 0.75, 3) == 0.0 and E.accuracy_se(0, 0, 0) == 0.0
