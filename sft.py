@@ -37,6 +37,7 @@ def parse_args(argv=None):
     a("--model", default="tiny", help="alias, HF dir or hub id to start from")
     a("--data", default="classroom", help="'classroom' or a JSONL with prompt/response per line")
     a("--cot", default="long", choices=["long", "short"], help="classroom traces: long or short CoT")
+    a("--digits", type=int, default=3, help="classroom: digits per operand, train and held-out (3: minutes on a CPU)")
     a("--n-train", type=int, default=2000, help="classroom training problems (x 8 epochs / 16 = 1000 steps)")
     a("--eval-data", default="classroom", help="'classroom', a benchmark name (data.py) or a JSONL of problems")
     a("--n-eval", type=int, default=200, help="held-out problems for the periodic evaluation")
@@ -129,7 +130,7 @@ def lr_at(step, total, peak, warmup_steps, min_ratio):
 def load_train_rows(args, tok):
     import data
     if args.data == "classroom":
-        return data.sft_rows(data.classroom(args.n_train, seed=args.seed, split="train"), cot=args.cot, tokenizer=tok)
+        return data.sft_rows(data.classroom(args.n_train, seed=args.seed, split="train", digits=args.digits), cot=args.cot, tokenizer=tok)
     rows = data.load_jsonl(args.data, required=("prompt", "response"))
     for r in rows:  # distilled rows keep the problem: re-format it with the student's own chat template
         if "problem" in r:
@@ -140,7 +141,7 @@ def load_train_rows(args, tok):
 def load_eval_rows(args):
     import data
     if args.eval_data == "classroom":
-        return data.classroom(args.n_eval, seed=args.seed + 1, split="test")
+        return data.classroom(args.n_eval, seed=args.seed + 1, split="test", digits=args.digits)
     if os.path.exists(args.eval_data):
         return data.load_jsonl(args.eval_data)[:args.n_eval]
     return data.load_benchmark(args.eval_data)[:args.n_eval]

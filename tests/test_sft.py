@@ -177,3 +177,14 @@ def test_bad_batch_sizes_are_explained(tmp_path, one_thread):
         sft.main(["--batch-size", "8", "--micro-batch-size", "3", "--n-train", "16", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="fewer than one batch"):
         sft.main(["--batch-size", "32", "--micro-batch-size", "8", "--n-train", "16", "--out", str(tmp_path)])
+
+
+def test_digits_flag_sets_train_and_held_out_problem_size():
+    args = sft.parse_args(["--digits", "5", "--n-train", "20", "--n-eval", "10"])
+    _, tok = M.load("tiny")
+    train, held = sft.load_train_rows(args, tok), sft.load_eval_rows(args)
+    a, b = held[0]["problem"].split("=")[0].split("+")
+    assert len(a) == 5 and len(train) == 20 and len(held) == 10
+    assert "+" in train[0]["prompt"] and len(train[0]["prompt"].split("+")[0]) == 5
+    default = sft.load_eval_rows(sft.parse_args(["--n-eval", "10"]))
+    assert len(default[0]["problem"].split("+")[0]) == 3
