@@ -157,7 +157,6 @@ def main():
         bench("decode_attention", f"B{B} S{S} Hq{Hq} Hkv{Hkv} Dh{Dh}",
               lambda: da.decode_attention_ref(q, kc, vc, lens),
               lambda: da.decode_attention_triton(q, kc, vc, lens, max_len=S), nbytes)
-        del kc, vc
 
     # sampling over Qwen's vocabulary
     V = 152064 if CUDA else 3000

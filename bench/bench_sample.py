@@ -158,7 +158,6 @@ def copy_bandwidth(device, mib):
     dst.copy_(src)  # first touch
     iters = 20 if torch.device(device).type == "cuda" else 3
     dt, _ = timed(lambda: [dst.copy_(src) for _ in range(iters)], device)
-    del src, dst
     return 2 * n * iters / dt
 
 
