@@ -1170,9 +1170,16 @@ def close_pool():
 atexit.register(close_pool)
 
 
+def default_workers() -> int:
+    """Worker processes per calling process: this process's share of the machine's cores (torchrun's
+    LOCAL_WORLD_SIZE processes share them), at most 8, at least 1."""
+    local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, (os.cpu_count() or 1) // local_world))
+
+
 def grade_batch(texts: list[str], golds: list[str], kinds: list[str] | str = "math", workers: int = 0,
                 timeout: float = DEFAULT_TIMEOUT) -> list[Grade]:
-    """Grade many responses; same results as [grade(t, g, k) ...]. workers=0 -> min(8, cpu count)
+    """Grade many responses; same results as [grade(t, g, k) ...]. workers=0 -> default_workers()
     worker processes, workers=1 -> in this process. The answer is extracted here (linear-time text
     work); judging it gets `timeout` seconds, and an item that overruns is Grade(False, "timeout",
     answer) with its worker killed and replaced. The worker pool starts on first use (~1 s) and is
@@ -1181,7 +1188,7 @@ def grade_batch(texts: list[str], golds: list[str], kinds: list[str] | str = "ma
     kinds = [kinds] * len(texts) if isinstance(kinds, str) else list(kinds)
     if not (len(texts) == len(golds) == len(kinds)):
         raise ValueError(f"grade_batch: texts, golds, kinds have lengths {len(texts)}, {len(golds)}, {len(kinds)}")
-    n = workers if workers > 0 else min(8, os.cpu_count() or 1)
+    n = workers if workers > 0 else default_workers()
     out: list[Grade | None] = [None] * len(texts)
     jobs, idx = [], []
     for i, (t, g, k) in enumerate(zip(texts, golds, kinds)):

@@ -572,3 +572,15 @@ def test_mmlu_pro_and_theoremqa_golds_self_verify():
         assert not is_correct(f"The answer is ({wrong}).", row["answer"], "choice")
     for row in _rows("theoremqa.jsonl"):
         assert is_correct(B(row["answer"]), row["answer"], row["answer_type"]), row
+
+
+def test_default_workers_share_the_cores_among_local_ranks(monkeypatch):
+    monkeypatch.setattr(verify.os, "cpu_count", lambda: 64)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert verify.default_workers() == 8  # one process: at most 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert verify.default_workers() == 8  # 64 cores / 8 ranks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert verify.default_workers() == 4
+    monkeypatch.setattr(verify.os, "cpu_count", lambda: 2)
+    assert verify.default_workers() == 1  # never 0
