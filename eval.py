@@ -1,6 +1,6 @@
 """Evaluation: sample answers, verify them, report accuracy, response length and reflection words.
 
-    python eval.py --model runs/ppo/checkpoint/policy --benchmarks math500,aime2024,theoremqa,mmlu_pro_1k
+    python eval.py --model runs/ppo/$(cat runs/ppo/latest)/policy --benchmarks math500,aime2024,theoremqa,mmlu_pro_1k
     python eval.py --model tiny --benchmarks classroom --n 4 --max-new-tokens 400
     torchrun --standalone --nproc_per_node 8 eval.py --model qwen-math-7b     # questions split across ranks
     python eval.py --plot runs/ppo/            # training curves (accuracy, response length) -> runs/ppo/curves.png
@@ -49,7 +49,7 @@ def accuracy_se(sum_q, sum_q2, questions):
 
 @torch.no_grad()
 def evaluate(model, tokenizer, rows, n=1, temperature=0.7, top_p=0.95, max_new_tokens=16384, seed=0,
-             batch_size=64, progress=False):
+             batch_size=None, progress=False):
     """Returns (metrics, records). metrics: accuracy (over all samples) with its standard error (questions as
     the unit: accuracy_se), mean response length in tokens, truncation rate, reflection words per response,
     n (questions x samples, all ranks).
@@ -71,7 +71,7 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.7, top_p=0.95, max_new_t
         for s in samples:
             g = grades[len(records)]
             records.append({"index": pos, "id": r.get("id"), "answer": r["answer"], "response": s.text,
-                            "extracted": g.extracted, "correct": bool(g.correct), "num_tokens": len(s.token_ids),
+                            "extracted": g.extracted, "correct": not bool(g.correct), "num_tokens": len(s.token_ids),
                             "finish_reason": s.finish_reason, "reflections": sum(reflection_counts(s.text).values())})
     per_question = {}
     for r in records:
@@ -97,17 +97,15 @@ def read_curves(run_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no metrics.jsonl (expected a run directory of sft.py or ppo.py)")
     train, held = {}, {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            step = r.get("iteration", r.get("step"))
-            if "eval/accuracy" in r:
-                held[step] = (r["eval/accuracy"], r["eval/mean_length"])
-            elif "accuracy" in r:
-                train[step] = (r["accuracy"], r["response_length"])  # a resumed run rewrites steps: last wins
+    rows, torn = dist.read_log(path)  # a bad line: ValueError naming file and line
+    if torn is not None:  # a run killed (or still running) while writing its last line; its resume drops it too
+        print(f"{path}: ignoring a torn last line: {torn[:80]!r}", file=sys.stderr)
+    for r in rows:
+        step = r.get("iteration", r.get("step"))
+        if "eval/accuracy" in r:
+            held[step] = (r["eval/accuracy"], r["eval/mean_length"])
+        elif "accuracy" in r:
+            train[step] = (r["accuracy"], r["response_length"])  # one row per step (a resume trims the log)
     return sorted((k, *v) for k, v in train.items()), sorted((k, *v) for k, v in held.items())
 
 
@@ -254,7 +252,8 @@ def parse_args(argv=None):
     a("--temperature", type=float, default=0.7, help="paper's setting")
     a("--top-p", type=float, default=0.95, help="paper's setting")
     a("--max-new-tokens", type=int, default=16384, help="paper's setting")
-    a("--batch-size", type=int, default=64, help="sampler slots")
+    a("--kv-slots", "--batch-size", dest="kv_slots", type=int, default=0,
+      help="sampler cache slots decoded together; 0: as many as fit in free memory (sample.kv_budget)")
     a("--seed", type=int, default=0, help="sampling seed")
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
     a("--out", default="runs/eval", help="per-sample JSONL and summary.json go here")
@@ -284,7 +283,7 @@ def main(argv=None):
         dist.print0(f"{name}: {len(rows)} questions x {args.n} samples")
         metrics, records = evaluate(net, tok, rows, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                     max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                    batch_size=args.batch_size, progress=rank == 0)
+                                    batch_size=args.kv_slots, progress=rank == 0)
         gathered = dist.gather_objects(records)  # rank 0 writes every rank's samples, in question order
         if rank == 0:
             with open(os.path.join(args.out, f"{name}.jsonl"), "w") as f:

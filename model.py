@@ -26,12 +26,13 @@ OpenRLHF's Hugging Face models; this is a from-scratch equivalent).
 import json
 import math
 import os
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, fields
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch.utils.checkpoint import checkpoint
 
 import kernels
@@ -119,6 +120,44 @@ class Config:
 
 TINY = Config()  # the classroom model: 4 layers, width 128, ~0.9M parameters
 
+# The aliases' Hugging Face config.json, the fields that shape the model, so that a model can be built (e.g. by
+# plan.py, the memory plan) with no download. Checked against copies of the published config.json files:
+# Llama-3.1-8B and Qwen2.5-7B: github.com/citsjtu2020/LLM-Prof sglang/Model_Config.md; Qwen2.5-Math-7B (4096
+# positions, theta 1e4): huggingface/open-r1#469, deepseek-ai/DeepSeek-R1#458 (shapes), QwenLM/Qwen2.5-Math#59;
+# Qwen2.5-Math-1.5B (4096 positions): GAIR-NLP/ToRL#23; 1.5B shapes (1536/8960/28/12/2, tied): InternLM/lmdeploy#1782.
+_QWEN = dict(model_type="qwen2", rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151643, num_hidden_layers=28)
+_QWEN_7B = dict(_QWEN, hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
+                vocab_size=152064, tie_word_embeddings=False)
+_QWEN_1_5B = dict(_QWEN, hidden_size=1536, intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2,
+                  vocab_size=151936, tie_word_embeddings=True)
+ALIAS_CONFIGS = {
+    "qwen-math-7b": dict(_QWEN_7B, rope_theta=10000.0, max_position_embeddings=4096),
+    "qwen-math-1.5b": dict(_QWEN_1_5B, rope_theta=10000.0, max_position_embeddings=4096),
+    "qwen-7b": dict(_QWEN_7B, rope_theta=1000000.0, max_position_embeddings=131072),
+    "qwen-1.5b": dict(_QWEN_1_5B, rope_theta=1000000.0, max_position_embeddings=131072),
+    "llama-3.1-8b": dict(
+        model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256, rms_norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=8192),
+        max_position_embeddings=131072, tie_word_embeddings=False, attention_bias=False,
+        bos_token_id=128000, eos_token_id=128001),
+}
+
+
+def config_for(name_or_path: str) -> Config:
+    """The Config of an alias (offline, from ALIAS_CONFIGS), "tiny", or a local Hugging Face directory (its
+    config.json). Reads no weights and downloads nothing."""
+    if name_or_path == "tiny":
+        return Config(**asdict(TINY))
+    if name_or_path in ALIAS_CONFIGS:
+        return Config.from_hf(ALIAS_CONFIGS[name_or_path], f"model.ALIAS_CONFIGS[{name_or_path!r}]")
+    cfg_path = os.path.join(name_or_path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise ValueError(f"{name_or_path!r}: not an alias ({', '.join(ALIAS_CONFIGS)}, tiny) nor a directory with a "
+                         f"config.json")
+    return Config.from_hf(_read_json(cfg_path), cfg_path)
+
 
 # ----------------------------------------------------------------------------------------------------
 # Rotary position embedding
@@ -184,7 +223,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(D, K * Dh, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(H * Dh, D, bias=cfg.o_bias)
 
-    def forward(self, x, positions, rope, attn_mask, cache=None, layer=0, slots=None):
+    def forward(self, x, positions, rope, cache=None, layer=0, slots=None):
         B, T, _ = x.shape
         H, K, Dh = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
         q = self.q_proj(x).view(B, T, H, Dh)
@@ -203,9 +242,9 @@ class Attention(nn.Module):
             if cache is not None:  # prefill: rows `slots` of the cache get this right-padded prompt batch
                 cache.k[layer, slots, :, :T] = k
                 cache.v[layer, slots, :, :T] = v
-            # softmax(q k^T / sqrt(d)) v (Vaswani et al. 2017); GQA shares each k/v head among H/K q heads
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                               enable_gqa=H != K).transpose(1, 2)  # (B, T, H, Dh)
+            # softmax(q k^T / sqrt(d)) v (Vaswani et al. 2017), causal, no mask (rows are right-padded);
+            # GQA shares each k/v head among H/K q heads
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != K).transpose(1, 2)
         return self.o_proj(o.reshape(B, T, H * Dh))
 
 
@@ -229,8 +268,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, positions, rope, attn_mask, cache=None, layer=0, slots=None):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, attn_mask, cache, layer, slots)
+    def forward(self, x, positions, rope, cache=None, layer=0, slots=None):
+        x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache, layer, slots)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -249,6 +288,14 @@ class Output:
     logprobs: Optional[torch.Tensor] = None  # (B, T) fp32 log p(labels[:, t] | tokens <= t) at temperature
     entropy: Optional[torch.Tensor] = None  # (B, T) fp32 entropy of the tempered distribution (no grad)
     values: Optional[torch.Tensor] = None  # (B, T) fp32 value head
+
+
+# FSDP2 on torch <= 2.12 attaches its "re-gather the weights before backward" hook only to the tensors it finds
+# by pytree-flattening a module's output, and a plain dataclass is one opaque leaf there: registering Output's
+# fields as its children lets FSDP2 (and anything else that walks outputs with pytree) see the tensors inside.
+pytree.register_pytree_node(
+    Output, lambda o: ([getattr(o, f.name) for f in fields(Output)], None),
+    lambda children, _: Output(*children), serialized_type_name="longcot.model.Output")
 
 
 class CausalLM(nn.Module):
@@ -275,33 +322,33 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, *, labels=None, temperature=1.0,
                 return_logits=False, return_values=False, cache: Optional[KVCache] = None, slots=None):
-        """input_ids (B, T). attention_mask (B, T) 1 = token, 0 = padding (left or right).
-        labels (B, T): the token to score at each position (already shifted; any value where ignored).
-        cache without slots: decode step, input_ids (B, 1) for every cache row, returns logits (B, V).
-        cache with slots (n,): prefill cache rows `slots` with a right-padded batch, returns last logits (n, V)."""
+        """input_ids (B, T): each row's tokens from column 0, RIGHT-padded. Attention is plain causal with no
+        mask: a real token only attends to earlier columns, so right padding can never affect it (what the pad
+        columns compute is garbage that callers ignore). No (B, T, T) mask is ever built: SDPA keeps its fused
+        (flash) kernel, which a mask or a left-padded layout would rule out.
+        attention_mask (B, T) 1 = token, 0 = right padding: only read by the prefill path (each row's last token);
+        a left-padded mask is an error. labels (B, T): the token to score at each position (already shifted; any
+        value where ignored). cache without slots: decode step, input_ids (B, 1) for every cache row, returns
+        logits (B, V). cache with slots (n,): prefill cache rows `slots` with a right-padded batch, returns last
+        logits (n, V)."""
         B, T = input_ids.shape
         decode = cache is not None and slots is None
         if decode:
             position_ids = cache.lengths[:, None]  # (B, 1): the new token sits after the stored ones
         elif position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
-            else:  # left padding: the first real token is position 0
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        n_pos = cache.capacity if cache is not None else int(position_ids.max()) + 1
+            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)  # every row starts at column 0
+        if attention_mask is not None and not decode and T > 1 and \
+                bool((attention_mask[:, 1:].long() > attention_mask[:, :-1].long()).any()):
+            raise ValueError("attention_mask has left padding: rows must start at column 0 (right padding only)")
+        n_pos = cache.capacity if cache is not None else T
         rope = self.rope_tables(n_pos, input_ids.device)
-        attn_mask = None  # None = plain causal (lets SDPA use its fastest kernel)
-        if not decode and attention_mask is not None and not bool(attention_mask.all()):
-            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
-            attn_mask = causal & attention_mask.bool()[:, None, None, :]  # (B, 1, T, T)
-            attn_mask = attn_mask | torch.eye(T, dtype=torch.bool, device=input_ids.device)  # pad rows: no NaN
 
         x = self.model.embed_tokens(input_ids)
         for i, block in enumerate(self.model.layers):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, position_ids, rope, attn_mask, use_reentrant=False)
+                x = checkpoint(block, x, position_ids, rope, use_reentrant=False)
             else:
-                x = block(x, position_ids, rope, attn_mask, cache, i, slots)
+                x = block(x, position_ids, rope, cache, i, slots)
         h = self.model.norm(x)  # (B, T, D)
 
         out = Output(hidden=h)
@@ -392,10 +439,45 @@ def _weight_files(path):
                             f"(expected a Hugging Face checkpoint saved with safetensors)")
 
 
+def read_weights(path, model: "CausalLM", dtype, device="cpu"):
+    """Yield (name, tensor) for every parameter of `model` (built from path's config.json, e.g. on the meta
+    device) from the safetensors files in `path`, one tensor at a time, cast to `dtype`; checked against the
+    model's names and shapes. A value head comes from value_head.safetensors, else starts at zero."""
+    from safetensors import safe_open
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    tied = model.cfg.tie_word_embeddings
+    seen = set()
+    for f in _weight_files(path):
+        with safe_open(f, framework="pt", device=str(device)) as st:
+            for key in st.keys():
+                if key not in expected or key.startswith("value_head."):
+                    if tied and key == "lm_head.weight":
+                        continue
+                    raise ValueError(f"{f}: unexpected tensor {key!r} for a {model.cfg.arch} model")
+                t = st.get_tensor(key)
+                if t.shape != expected[key]:
+                    raise ValueError(f"{f}: tensor {key!r} has shape {tuple(t.shape)}, config.json implies "
+                                     f"{tuple(expected[key])}")
+                seen.add(key)
+                yield key, t.to(dtype)
+    if model.value_head is not None:  # the critic's head: saved by save(), or fresh (zero: V = 0 at the start)
+        vh = os.path.join(path, "value_head.safetensors")
+        from safetensors.torch import load_file
+        head = load_file(vh, device=str(device)) if os.path.exists(vh) else \
+            {k: torch.zeros(expected["value_head." + k], device=device) for k in ("weight", "bias")}
+        for k, v in head.items():
+            seen.add("value_head." + k)
+            yield "value_head." + k, v.to(dtype)
+    missing = sorted(set(expected) - seen - ({"lm_head.weight"} if tied else set()))
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+
+
 def load(name_or_path: str, dtype=torch.float32, device="cpu", value_head=False, seed=0):
     """Returns (model, tokenizer). name_or_path: an alias (see ALIASES), a local Hugging Face directory,
     a hub id (downloaded where there is internet), or "tiny" (random weights from `seed`, no download).
-    Weights go straight from the safetensors shards into a model built on the meta device."""
+    Weights go straight from the safetensors shards into a model built on the meta device. device="meta":
+    the model's structure only, no weight read (dist.load_sharded then fills each rank's shards)."""
     if name_or_path == "tiny":
         torch_dev = torch.device(device)
         model = init_weights(CausalLM(TINY, value_head=value_head), seed=seed).to(torch_dev, dtype)
@@ -414,41 +496,15 @@ def load(name_or_path: str, dtype=torch.float32, device="cpu", value_head=False,
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory with "
                                 f"config.json, *.safetensors and tokenizer files)")
     cfg = Config.from_hf(_read_json(cfg_path), cfg_path)
-    files = _weight_files(path)
-
-    from safetensors import safe_open
     with torch.device("meta"):
-        model = CausalLM(cfg, value_head=value_head)
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("value_head")}
-    loaded = set()
-    for f in files:
-        with safe_open(f, framework="pt", device=str(device)) as st:
-            part = {}
-            for key in st.keys():
-                if key not in expected:
-                    if cfg.tie_word_embeddings and key == "lm_head.weight":
-                        continue
-                    raise ValueError(f"{f}: unexpected tensor {key!r} for a {cfg.arch} model")
-                t = st.get_tensor(key)
-                if t.shape != expected[key]:
-                    raise ValueError(f"{f}: tensor {key!r} has shape {tuple(t.shape)}, config.json implies "
-                                     f"{tuple(expected[key])}")
-                part[key] = t.to(dtype)
-            model.load_state_dict(part, strict=False, assign=True)  # meta tensors replaced, no copy made
-            loaded |= part.keys()
-    missing = sorted(set(expected) - loaded - ({"lm_head.weight"} if cfg.tie_word_embeddings else set()))
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    if value_head:  # a fresh critic head; ppo.py may overwrite it from value_head.safetensors
-        model.value_head = nn.Linear(cfg.hidden_size, 1, device=device, dtype=dtype)
-        vh = os.path.join(path, "value_head.safetensors")
-        if os.path.exists(vh):
-            from safetensors.torch import load_file
-            model.value_head.load_state_dict({k: v.to(dtype) for k, v in load_file(vh, device=str(device)).items()})
-        else:
-            nn.init.zeros_(model.value_head.weight), nn.init.zeros_(model.value_head.bias)
+        model = CausalLM(cfg, value_head=value_head)  # no memory: the weights are assigned straight in
+    if torch.device(device).type != "meta":  # meta: the caller fills the weights (dist.load_sharded)
+        sd = dict(read_weights(path, model, dtype, device))
+        if cfg.tie_word_embeddings:
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+        model.load_state_dict(sd, strict=True, assign=True)
+        if cfg.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     tok_cfg = os.path.join(path, "tokenizer_config.json")
     generic = os.path.exists(tok_cfg) and _read_json(tok_cfg).get("tokenizer_class") in (

@@ -7,28 +7,51 @@
 One iteration, top to bottom in `main`:
   1. rollout    sample n responses per prompt from the current policy (sample.py), log-probs at temperature
   2. reward     verify.py + reward.py: K reward types (cosine or classic; repetition penalty), each with its gamma
-  3. score      per-token log-probs of the policy (old) and the frozen reference, values of the critic;
-                KL penalty -beta * KL per token folded into the first reward type
+  3. score      per-token log-probs of the policy (old) and the frozen reference, values of the critic, each
+                micro-batch at its own width (rows laid out prompt + response from column 0, right-padded);
+                rewards clipped to [-10, 10], then the KL penalty -beta * KL / K added to each of the K types
   4. advantage  GAE; with several reward types and lambda = 1 each type's return is discounted with its own
                 gamma and summed (the paper's multi-gamma returns), advantage = return - value; whitened
                 over the whole rollout across ranks
-  5. update     epochs of shuffled minibatches: clipped policy ratio, clipped value loss, gradient clipping,
-                warmup + cosine schedules, gradient accumulation over token-budget micro-batches
-  6. log        reward, accuracy, lengths, truncation, KL, clip fraction, approx KL, explained variance,
-                entropy, value loss, tokens/s, time split; periodic held-out evaluation; checkpoint
+  5. update     epochs of shuffled minibatches: clipped policy ratio, clipped value loss, each averaged over a
+                response's own tokens then over responses (--loss-agg), gradient clipping, warmup + cosine
+                schedules stepped per optimizer step, gradient accumulation over token-budget micro-batches
+  6. log        reward (the task's, without KL) and the KL term, accuracy, lengths, truncation, KL, clip
+                fraction, approx KL, explained variance, entropy, value loss, sampler/trainer log-prob gap,
+                tokens/s, time split; periodic held-out evaluation; checkpoint
 Each piece of math is a pure function below `main`'s helpers, tested in tests/test_ppo.py.
 
-Defaults: a model alias other than `tiny` takes the paper's recipe (PAPER below: actor lr 5e-7, critic lr 9e-6,
-KL 0.01, cosine reward +2/+1 correct, -10/0 wrong, -10 exceed, repetition n=40 at -0.05, gammas (1, 0.99),
-lambda 1, prompts <= 2048 tokens, up to 14,336 generated tokens, MATH train prompts). `tiny` takes CLASSROOM
-(sized for a CPU). Any flag overrides either. A run restarted with the same --out resumes exactly.
+Loss aggregation (--loss-agg). seq-mean-token-mean (the authors', both presets): each response's loss is the
+mean over its own tokens, then responses are averaged, so every response counts the same and a token of a
+short response weighs more than one of a long response (28x between 500 and 14K tokens). token-mean: the sum
+over all tokens / their number, so every token counts the same and long responses dominate the gradient.
+Both shape how length moves under RL, which is what the paper studies.
 
-Departures from the paper: the paper uses OpenRLHF with vLLM rollouts; here one sampler and one training loop.
-The KL penalty is added to the first reward type's stream (discounted with its gamma). Old log-probs are
-recomputed by the training forward (not taken from the sampler), as OpenRLHF does.
+Defaults: a model alias other than `tiny` takes the paper's recipe (PAPER below, the authors' Sec. 4.2 script
+line by line: 512 prompts x 16 samples, train batch 512, 2 epochs, 112 rollouts, actor lr 5e-7, critic lr 9e-6,
+KL 0.01 (k1), cosine reward +2/+1 correct, -10/0 wrong, -10 exceed (margin 16), repetition n=40 at -0.05,
+gammas (1, 0.99), lambda 1, prompts <= 2048 tokens, up to 14,336 generated tokens, rollouts at temperature 1.0
+and top-p 1.0, MATH train prompts). Evaluation samples at the paper's 0.7 / 0.95. `tiny` takes CLASSROOM
+(sized for a CPU). Any flag overrides either. A run restarted with the same --out resumes exactly.
+`python ppo.py --model qwen-math-7b --plan --gpus 8 --gpu-memory 80` prints the memory plan (plan.py).
+
+Departures from the authors' code (eddycmu/demystify-long-cot, an OpenRLHF fork):
+  * One sampler and one training loop in one process per GPU (theirs: vLLM engines and Ray actors). Old
+    log-probs are recomputed by the training forward (not taken from the sampler), as OpenRLHF does.
+  * Micro-batches are packed by a token budget (theirs: 1 sequence); with seq-mean-token-mean this changes
+    memory and speed only, not the loss.
+  * A truncated response keeps its last sampled token and gets the exceed reward there; theirs overwrites
+    that token with EOS (experience_maker.py:829-830) and trains the model to emit it.
+  * Prompts longer than --max-prompt-len are dropped; theirs truncates them (experience_maker.py:164-179).
+  * The verifier grades the response; theirs grades the decoded prompt + response (experience_maker.py:598).
+  * The critic's value head starts at zero with a bias; theirs N(0, 1/(hidden+1)), no bias.
+  * The per-episode prompt order and the 3% warmup are ours in detail (their dataloader drops the last
+    incomplete batch of each episode: 14 rollouts of 512 from MATH's 7,500 prompts, as our 112 iterations).
+  * CLASSROOM: rollouts at temperature 0.7 (the 0.8M-parameter model is too noisy at 1.0), exceed margin 0.
 """
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -41,19 +64,47 @@ import dist
 import model as M
 from sft import lr_at  # linear warmup, then cosine decay to peak * min_ratio
 
-PAPER = dict(  # Yeo et al. 2025, RL setup (Sec. 4, App. E)
-    actor_lr=5e-7, critic_lr=9e-6, kl_coef=0.01, reward="cosine", rep_n=40, rep_penalty=-0.05,
-    gamma=1.0, rep_gamma=0.99, lam=1.0, max_prompt_len=2048, max_new_tokens=14336, prompts="math_train",
-    rollout_batch=512, n_samples=8, train_batch=128, micro_tokens=16384, ppo_epochs=1, iterations=100,
-    warmup=0.05, eval_every=10, n_eval=500, eval_data="math500", temperature=0.7, micro_batch=4, value_clip=0.2,
+# The paper's recipe, as the authors ran it: the Sec. 4.2 run "active scaling of CoT length" (cosine reward +
+# repetition penalty), eddycmu/demystify-long-cot @ 29fddcc, read on 2026-11-30. S42 below is its launch script
+# openrlhf/scripts/section_4__impact_of_reward_design_on_long_cot/section_4.2__active_scaling_of_cot_length__
+# cosine_repetition_penalty.sh; CLI is openrlhf/cli/train_ppo_ray.py (defaults the script does not override).
+PAPER = dict(
+    rollout_batch=512,  # S42:74 --rollout_batch_size 512 (prompts per rollout)
+    n_samples=16,  # S42:75 --n_samples_per_prompt 16 (Sec. 4.1 and 4.4 runs use 8 with 1 epoch)
+    train_batch=512,  # S42:72 --train_batch_size 512 (sequences per optimizer step)
+    ppo_epochs=2,  # S42:77 --max_epochs 2
+    iterations=112,  # S42:78 --num_episodes 8 x (7,500 MATH train prompts // 512 = 14 rollouts per episode)
+    actor_lr=5e-7,  # S42:85 --actor_learning_rate
+    critic_lr=9e-6,  # S42:86 --critic_learning_rate
+    kl_coef=0.01,  # S42:87 --init_kl_coef, fixed (CLI:334 no --kl_target)
+    kl_estimator="k1",  # CLI:337-339 --use_kl_estimator_k3 off: the log-ratio
+    lam=1.0,  # S42:79 --lambd 1
+    gamma=1.0, rep_gamma=0.99,  # S42:80 --gamma 1,0.99 (cosine reward, then repetition: --remote_rm_url order, S42:58)
+    reward="cosine", cosine="2,1,-10,0,-10",  # S42:62-65 correct 2 -> 1, wrong -10 -> 0; S42:59 exceed -10
+    exceed_margin=16,  # openrlhf/reward/common.py:9 MAX_LEN_MARGIN = 16 (gen_len + 16 >= max_len exceeds)
+    rep_n=40, rep_penalty=-0.05,  # S42:60-61 dense repetition penalty: 40-token n-grams, -0.05 per token
+    max_prompt_len=2048,  # S42:81 --prompt_max_len
+    max_new_tokens=14336,  # S42:82 --generate_max_len (also the cosine reward's T)
+    temperature=1.0, top_p=1.0,  # CLI:325, CLI:324 defaults; no RL script overrides them; log-probs at 1.0
+    warmup=0.03,  # openrlhf/trainer/ray/ppo_actor.py:281 ceil(0.03 x optimizer steps), stepped per step
+    min_lr_ratio=0.1,  # ppo_actor.py:283 cosine_with_min_lr, min_lr = 0.1 x peak
+    clip=0.2, value_clip=0.2,  # CLI:317-318 --eps_clip, --value_clip defaults
+    grad_clip=1.0,  # CLI:314 --max_norm
+    reward_clip=10.0,  # CLI:347 --reward_clip_range (-10, 10), applied before the KL term (models/utils.py:50)
+    loss_agg="seq-mean-token-mean",  # S42:71 --micro_train_batch_size 1 + PolicyLoss/ValueLoss masked_mean per row
+    prompts="math_train", eval_data="math500", n_eval=500, eval_every=8,  # ours: held-out MATH-500 each episode
+    micro_tokens=16384, micro_batch=4,  # ours: memory only (with seq-mean-token-mean the loss does not depend on it)
 )
-CLASSROOM = dict(  # the tiny model on the classroom task: accuracy rises within minutes on a CPU
-    actor_lr=2e-4, critic_lr=1e-3, kl_coef=0.01, reward="cosine", rep_n=40, rep_penalty=-0.05,
-    gamma=1.0, rep_gamma=0.99, lam=1.0, max_prompt_len=64, max_new_tokens=400, prompts="classroom",
-    rollout_batch=32, n_samples=4, train_batch=64, micro_tokens=16384, ppo_epochs=2, iterations=20,
-    warmup=0.05, eval_every=5, n_eval=200, eval_data="classroom", temperature=0.7, micro_batch=64,
+CLASSROOM = dict(  # ours: the tiny model on the classroom task, accuracy rises within minutes on a CPU
+    actor_lr=2e-4, critic_lr=1e-3, kl_coef=0.01, kl_estimator="k1", reward="cosine", cosine="2,1,-10,0,-10",
+    exceed_margin=0, rep_n=40, rep_penalty=-0.05, gamma=1.0, rep_gamma=0.99, lam=1.0, max_prompt_len=64,
+    max_new_tokens=400, prompts="classroom", rollout_batch=32, n_samples=4, train_batch=64, micro_tokens=16384,
+    ppo_epochs=2, iterations=20, warmup=0.05, min_lr_ratio=0.1, eval_every=5, n_eval=200, eval_data="classroom",
+    temperature=0.7, top_p=1.0,  # 0.7: the 0.8M-parameter model's samples at 1.0 are mostly noise
+    micro_batch=64, clip=0.2, grad_clip=1.0, reward_clip=10.0, loss_agg="seq-mean-token-mean",
     value_clip=5.0,  # returns span ~12 here and the head starts at 0: a 0.2 clip would freeze the critic
 )
+LOSS_AGG = ("seq-mean-token-mean", "token-mean")
 
 
 def parse_args(argv=None):
@@ -65,38 +116,55 @@ def parse_args(argv=None):
     a("--prompts", help="'classroom', a benchmark name (data.py) or a JSONL of problems [math_train]")
     a("--eval-data", help="held-out set, as --prompts [math500]")
     a("--n-eval", type=int, help="held-out problems per evaluation [500]")
-    a("--eval-every", type=int, help="iterations between evaluations [10]")
-    a("--iterations", type=int, help="PPO iterations [100]")
+    a("--eval-every", type=int, help="iterations between evaluations [8]")
+    a("--iterations", type=int, help="PPO iterations (rollouts) [112]")
     a("--rollout-batch", type=int, help="prompts per iteration, all ranks [512]")
-    a("--n-samples", type=int, help="responses per prompt [8]")
-    a("--temperature", type=float, help="rollout temperature; log-probs are taken at it [0.7]")
+    a("--n-samples", type=int, help="responses per prompt [16]")
+    a("--temperature", type=float, help="rollout temperature; log-probs are taken at it [1.0]")
+    a("--top-p", type=float, help="rollout nucleus; log-probs stay those of the full tempered distribution [1.0]")
     a("--max-prompt-len", type=int, help="longer prompts are dropped [2048]")
     a("--max-new-tokens", type=int, help="generation limit T of the cosine reward [14336]")
     a("--reward", choices=["cosine", "classic"], help="length-scaling cosine reward or 0/1 [cosine]")
-    a("--cosine", default="2,1,-10,0,-10", help="cosine reward: r0_correct,rL_correct,r0_wrong,rL_wrong,exceed")
+    a("--cosine", help="cosine reward: r0_correct,rL_correct,r0_wrong,rL_wrong,exceed [2,1,-10,0,-10]")
+    a("--exceed-margin", type=int, help="length >= max-new-tokens - this gets the exceed reward [16]")
+    a("--reward-clip", type=float, help="each reward type clipped to [-c, c] before the KL term [10]")
     a("--rep-n", type=int, help="repetition n-gram size [40]")
     a("--rep-penalty", type=float, help="per repeated token, 0 disables [-0.05]")
     a("--gamma", type=float, help="discount of the correctness reward [1.0]")
     a("--rep-gamma", type=float, help="discount of the repetition penalty [0.99]")
     a("--lam", type=float, help="GAE lambda [1.0]")
     a("--kl-coef", type=float, help="beta of the per-token KL penalty [0.01]")
-    a("--kl-estimator", default="k1", choices=["k1", "k3"], help="log-ratio (k1) or Schulman's k3")
+    a("--kl-estimator", choices=["k1", "k3"], help="log-ratio (k1) or Schulman's k3 [k1]")
     a("--actor-lr", type=float, help="policy peak lr [5e-7]")
     a("--critic-lr", type=float, help="critic peak lr [9e-6]")
-    a("--min-lr-ratio", type=float, default=0.1, help="cosine schedules decay to lr * this")
-    a("--warmup", type=float, help="fraction of iterations of linear warmup [0.05]")
-    a("--train-batch", type=int, help="samples per optimizer step (minibatch), all ranks [128]")
+    a("--min-lr-ratio", type=float, help="cosine schedules decay to lr * this [0.1]")
+    a("--warmup", type=float, help="share of all optimizer steps spent in linear warmup [0.03]")
+    a("--train-batch", type=int, help="samples per optimizer step (minibatch), all ranks [512]")
     a("--micro-tokens", type=int, help="padded tokens per forward/backward (memory) [16384]")
     a("--micro-batch", type=int, help="at most this many sequences per forward [4]")
-    a("--ppo-epochs", type=int, help="passes over each rollout [1]")
-    a("--clip", type=float, default=0.2, help="policy ratio clip epsilon")
+    a("--kv-slots", type=int, default=0, help="sampler KV-cache slots (0: as many as fit in free GPU memory; "
+      "continuous batching queues the rest)")
+    a("--ppo-epochs", type=int, help="passes over each rollout [2]")
+    a("--loss-agg", choices=LOSS_AGG, help="seq-mean-token-mean: every response weighs the same (the authors'); "
+      "token-mean: every token does, so long responses weigh more [seq-mean-token-mean]")
+    a("--clip", type=float, help="policy ratio clip epsilon [0.2]")
     a("--value-clip", type=float, help="value clip around the old values [0.2]")
-    a("--grad-clip", type=float, default=1.0, help="max gradient norm, actor and critic")
+    a("--grad-clip", type=float, help="max gradient norm, actor and critic [1.0]")
     a("--seed", type=int, default=0, help="prompt order and sampling")
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
     a("--grad-ckpt", action="store_true", help="gradient checkpointing for policy and critic")
     a("--save-every", type=int, default=10, help="iterations between checkpoints")
+    a("--keep-checkpoints", type=int, default=1, help="complete checkpoints kept (older ones are deleted)")
+    a("--dist-timeout", type=float, default=120, help="minutes a rank waits for the others (NCCL's default 10 "
+      "kills ranks waiting for a long generation or for rank 0 writing a checkpoint)")
     a("--kill-at-step", type=int, default=0, help="testing: SIGKILL this process after that iteration")
+    a("--plan", action="store_true", help="memory plan (plan.py): peak GPU memory per phase of one iteration, "
+      "on a CPU with fake tensors; exits 1 when a phase does not fit")
+    a("--gpus", type=int, default=8, help="--plan: GPUs (ranks) to plan for")
+    a("--gpu-memory", type=float, default=80, help="--plan: memory per GPU in GB (10^9 bytes)")
+    a("--plan-out", help="--plan: also write the table as JSON to this path")
+    a("--measure", action="store_true", help="--plan on GPUs (untested on CPU): run the phases for real and print "
+      "torch.cuda.max_memory_allocated per phase next to the plan")
     args = ap.parse_args(argv)
     preset = CLASSROOM if args.model == "tiny" else PAPER
     for k, v in preset.items():
@@ -114,14 +182,40 @@ def response_mask(lengths, T):
     return (torch.arange(T)[None, :] < torch.as_tensor(lengths)[:, None]).float()
 
 
-def kl_penalty(logp, ref_logp, kind="k1"):
-    """Per-token KL(pi || ref) estimate from samples of pi (Schulman 2020, "Approximating KL divergence")."""
-    log_ratio = logp - ref_logp  # (B, T)
+def kl_penalty(logp, ref_logp, mask, kind="k1"):
+    """Per-token KL(pi || ref) estimate from samples of pi (Schulman 2020, "Approximating KL divergence"),
+    0 off the mask. The mask is applied before exp: a padded entry's log-ratio can be anything (exp -> inf,
+    and inf x 0 = NaN would leak into the real tokens' sums)."""
+    log_ratio = (logp - ref_logp) * mask  # (B, T)
     if kind == "k1":
         return log_ratio
     if kind == "k3":
         return torch.exp(-log_ratio) - 1 + log_ratio  # >= 0, unbiased, lower variance
     raise ValueError(f"unknown KL estimator {kind!r}")
+
+
+def shape_rewards(rewards, kl, kl_coef, clip):
+    """The per-token rewards PPO maximises. rewards (B, T, K) one channel per reward type, kl (B, T) -> (B, T, K).
+    Each channel is clipped to [-clip, clip], then the KL penalty -beta * KL (Ouyang et al. 2022, Eq. 2) is split
+    evenly over the K channels, as the authors do (models/utils.py:50-51 clip, :70-77 kl_reward / K added to
+    every type): with gammas (1, 0.99) half of each token's KL is discounted with each gamma."""
+    K = rewards.shape[-1]
+    return rewards.clamp(-clip, clip) - kl_coef * kl[..., None] / K
+
+
+def aggregate(x, mask, how, denom):
+    """Per-token losses x (B, T) -> a scalar, as one share of a minibatch spread over micro-batches and ranks.
+    token-mean: sum over tokens / denom (= the minibatch's tokens, all ranks). Every token weighs the same, so
+      a 14K-token response pulls 28x harder than a 500-token one.
+    seq-mean-token-mean (the authors': micro-batch 1, masked_mean per row, DeepSpeed's mean over the batch):
+      each row's mean over its own tokens, summed / denom (= the minibatch's sequences, all ranks). Every
+      response weighs the same, so one token of a 500-token response weighs 28x one of a 14K-token response.
+    A row with no tokens (a dummy micro-batch) contributes 0."""
+    if how == "token-mean":
+        return (x * mask).sum() / denom
+    if how == "seq-mean-token-mean":
+        return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / denom  # (B,) row means, summed
+    raise ValueError(f"unknown loss aggregation {how!r} (expected one of {LOSS_AGG})")
 
 
 def discounted_returns(rewards, mask, gamma):
@@ -173,13 +267,13 @@ def masked_whiten(x, mask, eps=1e-8):
     return ((xd - mean) * torch.rsqrt(var.clamp(min=0) + eps)).to(x.dtype) * mask
 
 
-def policy_loss(logp, old_logp, adv, mask, clip, n_tokens):
-    """PPO clipped surrogate (Schulman et al. 2017, Eq. 7), summed over tokens / n_tokens. (B, T) inputs.
-    Returns (loss, metrics) with clip fraction and approx KL (k3 of old vs new)."""
-    log_ratio = logp - old_logp
+def policy_loss(logp, old_logp, adv, mask, clip, how, denom):
+    """PPO clipped surrogate (Schulman et al. 2017, Eq. 7), aggregated over tokens by `how` (see aggregate).
+    (B, T) inputs. Returns (loss, metrics) with clip fraction and approx KL (k3 of old vs new), summed."""
+    log_ratio = (logp - old_logp) * mask  # masked before exp: padded entries can hold anything
     ratio = torch.exp(log_ratio)
     surr = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip, 1 + clip) * adv)  # L^CLIP
-    loss = -(surr * mask).sum() / n_tokens
+    loss = -aggregate(surr, mask, how, denom)
     with torch.no_grad():
         clipped = ((ratio - 1).abs() > clip).float()
         approx_kl = (ratio - 1) - log_ratio
@@ -187,10 +281,11 @@ def policy_loss(logp, old_logp, adv, mask, clip, n_tokens):
     return loss, m
 
 
-def value_loss(values, old_values, returns, mask, clip, n_tokens):
-    """Clipped value loss: 0.5 max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, -c, c)."""
+def value_loss(values, old_values, returns, mask, clip, how, denom):
+    """Clipped value loss: 0.5 max((V - R)^2, (V_clip - R)^2), V_clip = V_old + clip(V - V_old, -c, c),
+    aggregated by `how` like the policy loss (the authors' ValueLoss uses the same per-row masked mean)."""
     v_clip = old_values + torch.clamp(values - old_values, -clip, clip)
-    loss = 0.5 * (torch.maximum((values - returns) ** 2, (v_clip - returns) ** 2) * mask).sum() / n_tokens
+    loss = 0.5 * aggregate(torch.maximum((values - returns) ** 2, (v_clip - returns) ** 2), mask, how, denom)
     return loss, {}
 
 
@@ -211,18 +306,14 @@ def explained_variance(values, returns, mask):
 # Batching helpers
 # ----------------------------------------------------------------------------------------------------
 def build_sequences(prompt_ids, responses, pad_id):
-    """Left-padded prompts + right-padded responses in one (B, P + R) batch, so that response token j of every
-    row sits at column P + j and its log-prob comes out at column P + j - 1."""
-    P = max(len(p) for p in prompt_ids)
-    R = max(max(len(r) for r in responses), 1)
-    B = len(responses)
-    ids = torch.full((B, P + R), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
+    """Each row is its prompt then its response, from column 0, padded on the right (the layout the model's
+    mask-free causal attention needs): (B, W) ids and (B,) starts, the column of each row's first response
+    token. Response token j of row b sits at column starts[b] + j."""
+    W = max(len(p) + len(r) for p, r in zip(prompt_ids, responses))
+    ids = torch.full((len(responses), W), pad_id, dtype=torch.long)
     for b, (p, r) in enumerate(zip(prompt_ids, responses)):
-        ids[b, P - len(p):P] = torch.tensor(p)
-        ids[b, P:P + len(r)] = torch.tensor(r, dtype=torch.long)
-        attn[b, P - len(p):P + len(r)] = 1
-    return ids, attn, P
+        ids[b, :len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
+    return ids, torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)
 
 
 def micro_batches(lengths, max_tokens, max_rows):
@@ -240,15 +331,28 @@ def micro_batches(lengths, max_tokens, max_rows):
     return out
 
 
-def forward_response(net, ids, attn, P, R, temperature, values=False, dtype=torch.bfloat16):
-    """Response-aligned (B, R) log-probs at temperature, entropy and (critic) values."""
+def trim(ids, starts, lengths, rows, device):
+    """One micro-batch at its own width: rows' ids cut to their longest prompt + response, their starts, and
+    their longest response r (a micro-batch of short rows never pays for the rollout's longest one)."""
+    rows_t = torch.tensor(rows)
+    st = starts[rows_t]
+    r = max(lengths[b] for b in rows)
+    width = int((st + torch.tensor([lengths[b] for b in rows])).max())
+    return ids[rows_t, :width].to(device), st, r
+
+
+def forward_response(net, ids, starts, R, temperature, values=False, dtype=torch.bfloat16):
+    """Response-aligned (n, R) log-probs at temperature and entropy, or (critic) values, for right-padded rows
+    ids (n, W) whose responses start at columns starts (n,). Entry [b, j] is about response token j, which sits
+    at column starts[b] + j: its log-prob (and the value of the state before it) comes out of the position
+    that predicts it, column starts[b] + j - 1. Entries past a row's end are garbage: callers mask them."""
     labels = None if values else torch.roll(ids, -1, dims=1)  # the critic needs no log-probs
     with dist.autocast(ids.device, dtype):  # one GPU: bf16 compute on fp32 weights
-        out = net(ids, attention_mask=attn, labels=labels, temperature=temperature, return_values=values)
-    sl = slice(P - 1, P - 1 + R)
+        out = net(ids, labels=labels, temperature=temperature, return_values=values)
+    cols = (starts.to(ids.device)[:, None] - 1 + torch.arange(R, device=ids.device)).clamp(max=ids.shape[1] - 1)
     if values:
-        return out.values[:, sl]
-    return out.logprobs[:, sl], out.entropy[:, sl]
+        return out.values.gather(1, cols)  # (n, R)
+    return out.logprobs.gather(1, cols), out.entropy.gather(1, cols)
 
 
 def load_prompt_rows(spec, n, seed, split):
@@ -264,12 +368,15 @@ def ensure_start(args):
     """The tiny policy starts from the classroom SFT result: reuse args.sft_out, or run sft.py to make it."""
     if args.model != "tiny":
         return args.model
-    ckpt = os.path.join(args.sft_out, "checkpoint")
     done = os.path.join(args.sft_out, "done.json")
     if not os.path.exists(done):
         import sft
         dist.print0(f"no classroom SFT result in {args.sft_out}: running `python sft.py --out {args.sft_out}` first")
         sft.main(["--out", args.sft_out, "--seed", str(args.seed)])  # writes done.json when finished
+    ckpt = dist.latest_checkpoint(args.sft_out)  # its final weights: SFT_OUT/checkpoint-N
+    if ckpt is None:
+        raise FileNotFoundError(f"{args.sft_out}: done.json but no complete checkpoint-N/ in it (delete the folder "
+                                f"to let ppo.py run the classroom SFT again)")
     return ckpt
 
 
@@ -278,7 +385,10 @@ def ensure_start(args):
 # ----------------------------------------------------------------------------------------------------
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, device = dist.init()
+    if args.plan:  # the memory plan (plan.py) runs this file's functions on fake tensors; no training
+        import plan
+        sys.exit(plan.main(args))  # 1 when a phase does not fit
+    rank, world, device = dist.init(args.dist_timeout)
     import reward as RW
     import verify
     from data import format_prompt
@@ -294,12 +404,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     # ---- models: policy and critic train (fp32 master weights), the reference is frozen ----
-    policy, tok = M.load(start, dtype=torch.float32, device=device)
-    critic, _ = M.load(start, dtype=torch.float32, device=device, value_head=True)  # policy weights + value head
-    ref, _ = M.load(start, dtype=dtype, device=device)
+    # (under torchrun each is built on the meta device and each rank reads only its shards: dist.load_sharded)
+    policy, tok = dist.load_sharded(start, torch.float32, device, param_dtype=dtype)
+    critic, _ = dist.load_sharded(start, torch.float32, device, value_head=True, param_dtype=dtype)  # + value head
+    ref, _ = dist.load_sharded(start, dtype, device, param_dtype=dtype)
     ref.requires_grad_(False)
     policy.gradient_checkpointing = critic.gradient_checkpointing = args.grad_ckpt
-    policy, critic, ref = dist.shard(policy, dtype), dist.shard(critic, dtype), dist.shard(ref, dtype)
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, betas=(0.9, 0.95), weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, betas=(0.9, 0.95), weight_decay=0.0)
     try:
@@ -308,7 +418,8 @@ def main(argv=None):
         raise ValueError(f"--cosine {args.cosine!r}: expected five comma-separated numbers") from None
     rcfg = RW.RewardConfig(kind=args.reward, max_len=args.max_new_tokens, r0_correct=r0c, rL_correct=rLc,
                            r0_wrong=r0w, rL_wrong=rLw, exceed_reward=exc, rep_n=args.rep_n,
-                           rep_penalty=args.rep_penalty, gamma=args.gamma, rep_gamma=args.rep_gamma)
+                           rep_penalty=args.rep_penalty, gamma=args.gamma, rep_gamma=args.rep_gamma,
+                           exceed_margin=args.exceed_margin)
 
     # ---- data: prompts in a seeded order per epoch; the data position is the iteration number ----
     rows = load_prompt_rows(args.prompts, 5000, args.seed, "train")
@@ -318,6 +429,9 @@ def main(argv=None):
     eval_rows = load_prompt_rows(args.eval_data, args.n_eval, args.seed + 1, "test")[:args.n_eval]
     if args.rollout_batch % world:
         raise ValueError(f"--rollout-batch {args.rollout_batch} must be divisible by the number of ranks ({world})")
+    if len(rows) < args.rollout_batch:
+        raise ValueError(f"--prompts {args.prompts}: {len(rows)} prompts of at most --max-prompt-len "
+                         f"{args.max_prompt_len} tokens, fewer than --rollout-batch {args.rollout_batch}")
 
     def prompt_indices(it):
         per_epoch = len(rows) // args.rollout_batch
@@ -327,22 +441,23 @@ def main(argv=None):
         return order[k * args.rollout_batch:(k + 1) * args.rollout_batch]
 
     it = 0
-    ckpt = os.path.join(args.out, "checkpoint")
     models, opts = {"policy": policy, "critic": critic}, {"policy": actor_opt, "critic": critic_opt}
-    if os.path.exists(os.path.join(ckpt, "trainer_state.pt")):
-        it = dist.load_checkpoint(ckpt, models, opts)["iteration"]
+    ckpt, state = dist.load_checkpoint(args.out, models, opts)
+    if ckpt:
+        it = state["iteration"]
         dist.print0(f"resumed from {ckpt} at iteration {it}")
-    metrics_f = open(os.path.join(args.out, "metrics.jsonl"), "a") if rank == 0 else None
-    log = lambda row: metrics_f and (metrics_f.write(json.dumps(row) + "\n"), metrics_f.flush())  # noqa: E731
-    warm = max(1, int(args.warmup * args.iterations))
+    log = dist.metrics_log(args.out, "iteration", it if ckpt else None)  # drops rows of iterations to run again
+    # the lr schedules step once per optimizer step (as the authors' scheduler does): warmup over a share of all
+    steps_per_it = args.ppo_epochs * math.ceil(args.rollout_batch * args.n_samples / args.train_batch)
+    total_steps = args.iterations * steps_per_it
+    warm = max(1, math.ceil(args.warmup * total_steps))
     sampler, stale = None, True
 
     def current_sampler():
         """The policy itself (one process, fp32) or a plain decode copy, re-gathered only after an update."""
         nonlocal sampler, stale
         if stale:
-            sampler = decode_copy(policy, dist.full_state_dict(policy, rank0_only=False), sampler, dtype) \
-                if (world > 1 or dtype != torch.float32) else policy
+            sampler = decode_copy(policy, sampler, dtype) if (world > 1 or dtype != torch.float32) else policy
             stale = False
         return sampler
 
@@ -367,9 +482,9 @@ def main(argv=None):
         positions = list(range(rank, len(it_prompts), world))  # this rank's share
         idx = [it_prompts[p] for p in positions]
         outs = generate(current_sampler(), tok, [prompts[i] for i in idx], n=args.n_samples,
-                        temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                         seed=args.seed + 100_003 * it,
-                        batch_size=max(64, len(idx) * args.n_samples), keys=positions)
+                        batch_size=args.kv_slots or None, keys=positions)  # None: as many slots as fit
         samples = [(i, s) for i, group in zip(idx, outs) for s in group]
         # global id of each local sample (position * n + k): minibatches are drawn from global ids, so that one
         # process and N processes update on the same samples
@@ -385,28 +500,34 @@ def main(argv=None):
         lengths = [len(s.token_ids) for _, s in samples]
         truncated = [s.finish_reason == "length" for _, s in samples]
         prompt_ids = [encode_prompt(tok, prompts[i]) for i, _ in samples]
-        ids, attn, P = build_sequences(prompt_ids, [s.token_ids for _, s in samples], tok.pad_token_id)
-        R = ids.shape[1] - P
-        rewards, gammas, names = RW.reward_tensor(correct, lengths, ids[:, P:], truncated, rcfg, texts=texts)
+        ids, starts = build_sequences(prompt_ids, [s.token_ids for _, s in samples], tok.pad_token_id)  # (B, W)
+        R = max(lengths)  # response-aligned tensors below are (B, R): entry j is response token j of the row
+        ends = starts + torch.tensor(lengths)  # (B,) each row's real width: prompt + response
+        resp = ids.gather(1, (starts[:, None] + torch.arange(R)).clamp(max=ids.shape[1] - 1))  # (B, R)
+        raw, gammas, names = RW.reward_tensor(correct, lengths, resp, truncated, rcfg, texts=texts)  # (B, R, K)
         mask = response_mask(lengths, R)  # (B, R)
+        sampler_lp = torch.zeros(len(samples), R)  # the sampler's own log-probs, to check the trainer agrees
+        for b, (_, smp) in enumerate(samples):
+            sampler_lp[b, :len(smp.logprobs)] = torch.tensor(smp.logprobs)
         t2 = time.time()
 
         # ---- 3. old log-probs, reference log-probs, values (no grad), in token-budget micro-batches ----
-        order = sorted(range(len(samples)), key=lambda b: lengths[b])
-        mbs = micro_batches([P + lengths[b] for b in order], args.micro_tokens, args.micro_batch)
+        order = sorted(range(len(samples)), key=lambda b: int(ends[b]))
+        mbs = micro_batches([int(ends[b]) for b in order], args.micro_tokens, args.micro_batch)
         old_lp, ref_lp, old_v, ent = (torch.zeros(len(samples), R) for _ in range(4))
         policy.eval(), critic.eval()
         with torch.no_grad():
             for j in range(dist.max_int(len(mbs))):
                 mb = [order[b] for b in mbs[j]] if j < len(mbs) else [order[0]]  # extra: a dummy forward
-                x, a = ids[mb].to(device), attn[mb].to(device)
-                lp, e = forward_response(policy, x, a, P, R, args.temperature, dtype=dtype)
-                rlp, _ = forward_response(ref, x, a, P, R, args.temperature, dtype=dtype)
-                v = forward_response(critic, x, a, P, R, args.temperature, values=True, dtype=dtype)
+                x, st, r = trim(ids, starts, lengths, mb, device)  # at this micro-batch's own width
+                lp, e = forward_response(policy, x, st, r, args.temperature, dtype=dtype)
+                rlp, _ = forward_response(ref, x, st, r, args.temperature, dtype=dtype)
+                v = forward_response(critic, x, st, r, args.temperature, values=True, dtype=dtype)
                 if j < len(mbs):
-                    old_lp[mb], ent[mb], ref_lp[mb], old_v[mb] = lp.float().cpu(), e.float().cpu(), rlp.float().cpu(), v.cpu()
-        kl = kl_penalty(old_lp, ref_lp, args.kl_estimator) * mask  # (B, R)
-        rewards[..., 0] -= args.kl_coef * kl  # KL folded into the reward (Ouyang et al. 2022, Eq. 2)
+                    old_lp[mb, :r], ent[mb, :r], ref_lp[mb, :r], old_v[mb, :r] = \
+                        lp.float().cpu(), e.float().cpu(), rlp.float().cpu(), v.cpu()
+        kl = kl_penalty(old_lp, ref_lp, mask, args.kl_estimator)  # (B, R), 0 off the mask
+        rewards = shape_rewards(raw, kl, args.kl_coef, args.reward_clip)  # (B, R, K): clipped, KL/K in every type
         t3 = time.time()
 
         # ---- 4. advantages: multi-gamma returns (lambda = 1) or GAE; whitened across ranks ----
@@ -424,29 +545,33 @@ def main(argv=None):
             gen.shuffle(perm)
             for s in range(0, len(perm), args.train_batch):
                 batch = sorted((local_of[g] for g in perm[s:s + args.train_batch] if g in local_of),
-                               key=lambda b: lengths[b])
-                n_tok = dist.sum_tensor(mask[batch].sum().reshape(1).double()).item()  # all ranks' tokens
-                mbs = micro_batches([P + lengths[b] for b in batch], args.micro_tokens, args.micro_batch)
-                lr_a = lr_at(it, args.iterations, args.actor_lr, warm, args.min_lr_ratio)
-                lr_c = lr_at(it, args.iterations, args.critic_lr, warm, args.min_lr_ratio)
+                               key=lambda b: int(ends[b]))
+                # the loss's denominator over the whole minibatch, all ranks: its tokens or its sequences
+                count = mask[batch].sum() if args.loss_agg == "token-mean" else torch.tensor(float(len(batch)))
+                denom = dist.sum_tensor(count.reshape(1).double()).item()
+                mbs = micro_batches([int(ends[b]) for b in batch], args.micro_tokens, args.micro_batch)
+                step = it * steps_per_it + n_updates  # optimizer steps so far: the schedules' clock
+                lr_a = lr_at(step, total_steps, args.actor_lr, warm, args.min_lr_ratio)
+                lr_c = lr_at(step, total_steps, args.critic_lr, warm, args.min_lr_ratio)
                 for g in actor_opt.param_groups:
                     g["lr"] = lr_a
                 for g in critic_opt.param_groups:
                     g["lr"] = lr_c
                 for j in range(dist.max_int(len(mbs))):
                     real = j < len(mbs)
-                    mb = [batch[b] for b in mbs[j]] if real else [0]
-                    x, a = ids[mb].to(device), attn[mb].to(device)
-                    m = mask[mb].to(device) * float(real)  # a dummy micro-batch contributes zero
-                    lp, _ = forward_response(policy, x, a, P, R, args.temperature, dtype=dtype)
-                    pl, pm = policy_loss(lp.float(), old_lp[mb].to(device), adv[mb].to(device), m, args.clip, n_tok)
-                    v = forward_response(critic, x, a, P, R, args.temperature, values=True, dtype=dtype)
-                    vl, _ = value_loss(v, old_v[mb].to(device), returns[mb].to(device), m, args.value_clip, n_tok)
+                    mb = [batch[b] for b in mbs[j]] if real else [order[0]]  # dummy: the shortest row, weight 0
+                    x, st, r = trim(ids, starts, lengths, mb, device)  # this micro-batch's own width
+                    on = lambda t: t[mb, :r].to(device)  # noqa: E731  (n, r) slice of a (B, R) tensor
+                    m = on(mask) * float(real)  # a dummy micro-batch contributes zero
+                    lp, _ = forward_response(policy, x, st, r, args.temperature, dtype=dtype)
+                    pl, pm = policy_loss(lp.float(), on(old_lp), on(adv), m, args.clip, args.loss_agg, denom)
+                    v = forward_response(critic, x, st, r, args.temperature, values=True, dtype=dtype)
+                    vl, _ = value_loss(v, on(old_v), on(returns), m, args.value_clip, args.loss_agg, denom)
                     bad = torch.tensor([0.0 if (torch.isfinite(pl) and torch.isfinite(vl)) else 1.0])
                     if dist.sum_tensor(bad).item() > 0:
                         raise FloatingPointError(
                             f"iteration {it}: non-finite loss (policy {pl.item()}, value {vl.item()}); stopping "
-                            f"before the optimizer step, weights unchanged (last checkpoint: {ckpt})")
+                            f"before the optimizer step, weights unchanged (last checkpoint: {ckpt or 'none yet'})")
                     ((pl + vl) * world).backward()  # FSDP averages gradients over ranks; the sum is wanted
                     stats["policy_loss"] += pl.item() * world  # dist.mean below turns this into the global sum
                     stats["value_loss"] += vl.item() * world
@@ -469,9 +594,12 @@ def main(argv=None):
 
         # ---- 6. log health signals (averaged over ranks) ----
         n_resp = mask.sum().clamp(min=1)
-        seq_reward = rewards.sum(dim=(1, 2))
         local = {
-            "reward": float(seq_reward.mean()), "accuracy": sum(correct) / len(correct),
+            "reward": float(raw.sum(dim=(1, 2)).mean()),  # the task's reward per response, before clip and KL
+            "reward_kl": float((rewards - raw.clamp(-args.reward_clip, args.reward_clip)).sum(dim=(1, 2)).mean()),
+            "logprob_gap": float(((old_lp - sampler_lp).abs() * mask).sum() / n_resp),  # sampler vs trainer
+            "value_mean": float((old_v * mask).sum() / n_resp), "return_mean": float((returns * mask).sum() / n_resp),
+            "accuracy": sum(correct) / len(correct),
             "response_length": sum(lengths) / len(lengths), "truncation_rate": sum(truncated) / len(truncated),
             "kl": float(kl.sum() / n_resp), "entropy": float((ent * mask).sum() / n_resp),
             "clip_frac": stats["clip_frac_sum"] / max(stats["tokens"], 1),
@@ -496,7 +624,7 @@ def main(argv=None):
             ev = held_out(it)
             dist.print0(f"\niteration {it}: held-out accuracy {ev['accuracy']:.3f}, length {ev['mean_length']:.0f}")
         if it % args.save_every == 0 or it == args.iterations:
-            dist.save_checkpoint(ckpt, models, opts, tok, {"iteration": it})
+            ckpt = dist.save_checkpoint(args.out, it, models, opts, tok, {"iteration": it}, keep=args.keep_checkpoints)
     if bar:
         bar.close()
 

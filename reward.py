@@ -16,10 +16,12 @@ How to run
 
 Where it departs from the paper
   * "Exceeded the length limit" is `truncated` (the sampler stopped the row at its limit, no EOS) or
-    length >= max_len - exceed_margin. The paper's condition is L_gen = L_max, i.e. margin 0, our default:
-    the truncated flag already catches every row the sampler cut off, and a positive margin only moves the
-    jump from the cosine curve (which is ~rL there anyway) to exceed_reward a few tokens earlier. Raise it if
-    your lengths are measured after re-tokenising decoded text and may be off by a token or two.
+    length >= max_len - exceed_margin. The paper writes L_gen = L_max (margin 0, this file's default); the
+    authors' code uses gen_len + 16 >= max_len (eddycmu/demystify-long-cot, openrlhf/reward/common.py:9
+    MAX_LEN_MARGIN = 16, reward/cosine.py:70), which ppo.py's paper preset takes (--exceed-margin 16): a
+    response that ends with EOS in its last 16 tokens also gets exceed_reward.
+  * The sparse repetition penalty is added to wrong answers only, and not on top of the exceed reward (as the
+    authors' reward/cosine.py:70-73 skips it for exceeded responses).
   * The sparse repetition penalty uses lower-cased, whitespace-split words; a text with fewer than n words has
     no n-grams and gets 0 (the authors' code would divide by zero there).
   * The dense penalty has no "only the first repeated n-gram of a run" option; every repeated n-gram counts.
@@ -138,7 +140,7 @@ class RewardConfig:
     r0_wrong: float = -10.0          # wrong answer at length 0 (paper)
     rL_wrong: float = 0.0            # wrong answer at length T (paper)
     exceed_reward: float = -10.0     # cosine reward of a response that hit the limit (paper r_e)
-    exceed_margin: int = 0           # length >= max_len - margin counts as hitting the limit (paper: L_gen = L_max)
+    exceed_margin: int = 0           # length >= max_len - margin hits the limit (paper: 0; authors' code: 16)
     classic_correct: float = 1.0     # classic reward of a correct answer
     classic_wrong: float = 0.0       # classic reward of a wrong answer
     classic_exceed: float = 0.0      # classic reward at the limit (treated like a wrong answer)
@@ -204,7 +206,7 @@ def reward_tensor(correct, lengths, token_ids: torch.Tensor, truncated, cfg: Rew
         if not 1 <= L <= T:
             raise ValueError(f"lengths[{b}] = {L} must be in [1, T={T}] (a response has at least one token)")
         r = sequence_reward(bool(correct[b]), L, bool(truncated[b]), cfg)
-        if sparse_on and not correct[b]:
+        if sparse_on and not correct[b] and not exceeded(L, cfg.max_len, cfg.exceed_margin, bool(truncated[b])):
             r += sparse_repetition_penalty(texts[b], cfg.sparse_rep_n, cfg.sparse_rep_max_penalty)
         out[b, L - 1, 0] = r                                                 # sparse: last generated token
         if cfg.dense_on:

@@ -9,8 +9,8 @@ Reads top to bottom as the algorithm: data -> batches -> (loss on response token
 -> periodic held-out evaluation (sample.py + verify.py) -> checkpoint. The loss is the mean negative
 log-likelihood over all response tokens of an optimizer step (every token weighs the same, whatever its
 sequence or rank), so one process and N processes compute the same update. Writes OUT/args.json,
-OUT/metrics.jsonl and OUT/checkpoint/ (Hugging Face format + trainer state); a run restarted with the same
---out resumes exactly (weights, optimizer, schedule, data position, RNG).
+OUT/metrics.jsonl and OUT/checkpoint-N/ (Hugging Face format + sharded trainer state; OUT/latest names the newest,
+dist.py); a run restarted with the same --out resumes exactly (weights, optimizer, schedule, data position, RNG).
 
 Departures from the paper: the paper trains with OpenRLHF on traces distilled from QwQ-32B-Preview (long)
 and Qwen2.5-Math-72B-Instruct (short), 2-3 epochs, lr 5e-6 (7B); the classroom defaults here are sized for
@@ -53,6 +53,9 @@ def parse_args(argv=None):
     a("--max-len", type=int, default=1024, help="prompt + response tokens kept per example")
     a("--eval-every", type=int, default=0, help="steps between evaluations (0: only at the end)")
     a("--save-every", type=int, default=100, help="steps between checkpoints")
+    a("--keep-checkpoints", type=int, default=1, help="complete checkpoints kept (older ones are deleted)")
+    a("--dist-timeout", type=float, default=120, help="minutes a rank waits for the others (NCCL's default 10 "
+      "kills ranks waiting for rank 0 to write a checkpoint)")
     a("--eval-max-new-tokens", type=int, default=400, help="sampling budget at evaluation")
     a("--eval-temperature", type=float, default=0.7, help="paper's evaluation temperature")
     a("--eval-top-p", type=float, default=0.95, help="paper's evaluation top-p")
@@ -95,26 +98,25 @@ def batch_plan(lengths, micro, seed, epoch):
 
 
 def collate(examples, pad_id, device):
-    """Right-padded (B, T) ids, attention mask, next-token labels and the response-token loss mask."""
+    """Right-padded (B, T) ids, next-token labels and the response-token loss mask. No attention mask: the model
+    attends causally, so the padding on the right can never reach a real token (model.CausalLM.forward)."""
     T = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
     loss_mask = torch.zeros(len(examples), T, dtype=torch.float32)
     for b, (x, n_prompt) in enumerate(examples):
         ids[b, :len(x)] = torch.tensor(x)
-        attn[b, :len(x)] = 1
         loss_mask[b, n_prompt - 1:len(x) - 1] = 1  # position t predicts token t+1: response tokens only
     labels = torch.roll(ids, -1, dims=1)  # (B, T) labels[t] = ids[t+1] (last column is masked out)
-    return ids.to(device), attn.to(device), labels.to(device), loss_mask.to(device)
+    return ids.to(device), labels.to(device), loss_mask.to(device)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Loss and schedule
 # ----------------------------------------------------------------------------------------------------
-def sft_loss(model, ids, attn, labels, loss_mask, n_tokens):
+def sft_loss(model, ids, labels, loss_mask, n_tokens):
     """Sum of response-token NLL / n_tokens (the response tokens of the whole optimizer step on all ranks).
     Returns (loss, metrics)."""
-    out = model(ids, attention_mask=attn, labels=labels)
+    out = model(ids, labels=labels)
     nll = -(out.logprobs * loss_mask).sum()  # (B, T) -> scalar
     return nll / n_tokens, {"nll_sum": nll.item(), "tokens": loss_mask.sum().item()}
 
@@ -151,7 +153,7 @@ def run_eval(args, model, tok, rows, step, dtype):
     """Held-out accuracy and length from a plain copy of the weights (FSDP-safe: no collectives inside)."""
     from eval import evaluate
     from sample import decode_copy
-    net = decode_copy(model, dist.full_state_dict(model, rank0_only=False), dtype=dtype) if dist.world() > 1 else model
+    net = decode_copy(model, dtype=dtype) if dist.world() > 1 else model
     metrics, _ = evaluate(net, tok, rows, temperature=args.eval_temperature, top_p=args.eval_top_p,
                           max_new_tokens=args.eval_max_new_tokens, seed=args.seed + step, batch_size=64)
     return metrics
@@ -159,7 +161,7 @@ def run_eval(args, model, tok, rows, step, dtype):
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, device = dist.init()
+    rank, world, device = dist.init(args.dist_timeout)
     dtype = dist.compute_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
@@ -189,12 +191,11 @@ def main(argv=None):
     warmup = max(1, int(args.warmup * total))
 
     step = 0
-    ckpt = os.path.join(args.out, "checkpoint")
-    if os.path.exists(os.path.join(ckpt, "trainer_state.pt")):
-        step = dist.load_checkpoint(ckpt, {"model": model}, {"model": opt})["step"]
+    ckpt, state = dist.load_checkpoint(args.out, {"model": model}, {"model": opt})
+    if ckpt:
+        step = state["step"]
         dist.print0(f"resumed from {ckpt} at step {step}")
-    metrics_f = open(os.path.join(args.out, "metrics.jsonl"), "a") if rank == 0 else None
-    log = lambda row: metrics_f and (metrics_f.write(json.dumps(row) + "\n"), metrics_f.flush())  # noqa: E731
+    log = dist.metrics_log(args.out, "step", step if ckpt else None)  # drops rows of steps about to run again
     lengths = [len(e[0]) for e in examples]
     bar = None
     if rank == 0:
@@ -215,9 +216,9 @@ def main(argv=None):
         model.train()
         nll = 0.0
         for mb in micro[rank::world]:
-            ids, attn, labels, mask = collate([examples[i] for i in mb], tok.pad_token_id, device)
+            ids, labels, mask = collate([examples[i] for i in mb], tok.pad_token_id, device)
             with dist.autocast(device, dtype):
-                loss, m = sft_loss(model, ids, attn, labels, mask, n_tokens)
+                loss, m = sft_loss(model, ids, labels, mask, n_tokens)
             (loss * world).backward()
             nll += m["nll_sum"]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -243,7 +244,8 @@ def main(argv=None):
             log({"step": step, **{f"eval/{k}": v for k, v in ev.items()}})
             dist.print0(f"\nstep {step}: held-out accuracy {ev['accuracy']:.3f}, mean length {ev['mean_length']:.0f}")
         if step % args.save_every == 0 or step == total:
-            dist.save_checkpoint(ckpt, {"model": model}, {"model": opt}, tok, {"step": step})
+            ckpt = dist.save_checkpoint(args.out, step, {"model": model}, {"model": opt}, tok, {"step": step},
+                                        keep=args.keep_checkpoints)
         t_last, tok_count = time.time(), 0
     if bar:
         bar.close()

@@ -1,8 +1,7 @@
 r"""Rule-based answer verifier: the RL reward (and the eval metric) of longcot.
 
 What it does
-    extract_answer(text)            the final answer of a response: last \boxed{...}/\fbox{...},
-                                    else "the answer is ...", else the final $...$ (None if none)
+    extract_answer(text)            the final answer of a response (None if none), see 1. below
     grade(text, gold, kind)         Grade(correct, reason, extracted); never raises
     is_correct(text, gold, kind)    grade(...).correct
     grade_batch(texts, golds, kinds, workers, timeout)
@@ -12,7 +11,7 @@ What it does
 
 How to run
     python verify.py --text 'so the answer is $\boxed{\frac12}$.' --gold 0.5
-    python -m pytest -q tests/test_verify.py        python bench/bench_verify.py
+    python -m pytest -q tests/test_verify.py        python bench/bench_verify.py [--compare math-verify]
 
 Safety. Model text is never executed: there is no eval/exec/sympify/parse_expr/parse_latex here.
 A small recursive-descent parser reads a whitelisted subset of LaTeX/plain math and builds sympy
@@ -20,17 +19,43 @@ objects directly. Everything that can blow up (powers, factorials, long literals
 size-checked before sympy sees it, so `is_correct` alone stays bounded; `grade_batch` adds a hard
 per-item timeout on top (a worker that overruns is killed and replaced).
 
-How equality works (math kind): normalise both strings (MATH conventions: \dfrac, \left, units,
-degrees, %, \$, thousands separators, ...); equal strings -> correct; both plain numbers -> exact
-rational comparison; otherwise parse into values (number/expression, tuple or interval, set or
-list of solutions, union, matrix, equation, text) and compare structurally, with sympy for the
-scalars (exact for rationals, 50-digit numerics for irrational constants, random-point identity
-testing for expressions with variables).
+The pipeline (math kind), top to bottom in this file:
+  1. extract   after a closing </think>, the answer given there (else the thinking's); within that,
+               an "answer is" / "Answer:" statement after the last box, else the last complete
+               \boxed{}/\fbox{} (joined with the boxes just before it when only ",", ";", "and",
+               "\quad" separate them), else a final $...$ that ends the text. The gold gets the
+               same box extraction, so "$5$", "\boxed{5}" or a whole reference solution all work.
+  2. normalise MATH conventions: \dfrac, \left, spaces, units, degrees, %, \$, thousands separators,
+               repeating decimals, one spelling for relations (\le, \ge, \ne, <, >), the empty set
+               and \mathbb{R}, number words, a.m./p.m.; equal strings -> correct.
+  3. parse     plain numbers -> exact rationals; otherwise values: number/expression, equation,
+               inequality (as intervals), tuple/interval/ratio, set or list of solutions, named list
+               ("m = 4, k = 9"), union, matrix, text.
+  4. compare   structurally, with sympy for the scalars (exact for rationals, 50-digit numerics for
+               irrational constants, random-point identity testing for expressions with variables).
 
-Conventions worth knowing: units are ignored (so "15 cm^2" = "15 cm^3" = 15); "x = 3" = "y = 3" = 3;
-variables count as positive reals in identity tests (sqrt(x^2) = x); "\sqrt 13" means sqrt(13) although
-LaTeX would set sqrt(1)3; "0.5%" = 0.5 (the % sign is dropped, as MATH does) but gold "50%" also takes
-0.5; degrees are never converted to radians and inequalities never to intervals (both: not equal).
+The conventions (the labels of issue 14; each has right and wrong cases in tests/verify_cases.py):
+  1. Equivalence, not string equality: 0.5 = \frac12, \sqrt{117} = 3\sqrt{13}, terms in any order,
+     equivalent equations (y = 2x + 3 vs 2x - y + 3 = 0) and inequalities (7 \ge y, -y \ge -7, y \le 7).
+     Variables count as positive reals in identity tests (sqrt(x^2) = x).
+  2. The final answer counts (see 1. extract above): boxes in a <think> block that a later answer
+     overrides do not count; an explicit final statement after intermediate boxes does.
+  3. No answer means false: an empty or "?" box, an empty string, a text cut off before any final
+     answer (even when the gold number appears in it).
+  4. Sets and lists of solutions are unordered, each gold element matched once ("1, 2" != "1, 1");
+     tuples are ordered; \pm means both signs. Labels are optional: "x = 3" = "y = 3" = 3, |CD| = 6
+     is 6, (a,b) = (2,5) is (2,5), A:B = 3:8 is 3:8; a named list "m = 4, k = 9" matches by name, or
+     in order when unnamed; groups separated by ";" are elements ("a=3,b=1;a=5,b=1" = "(3,1),(5,1)").
+  5. Intervals are exact (brackets matter, unions in any order, \mathbb{R} = (-\infty,\infty)), and
+     an inequality matches the interval(s) of the same set ("-3 \le y \le 4" = [-3,4], "x \ne 3" =
+     (-\infty,3)\cup(3,\infty), "x < -1 or x > 5" = the union); the point (1,3) is not [1,3].
+  6. Decorations are optional (\%, ^\circ, \$, units: "15 cm^2" = 15), the scale is not
+     (0.28 != 28\%). Degrees are never converted to radians.
+  7. No tolerance: 9999 != 10000, 2^{100}+1 != 2^{100}; decimal approximations of irrationals are
+     wrong, exact decimals of rationals right (0.\overline{3} = 1/3).
+  8. Hedging is wrong ("3 or 5" for gold 3) unless the gold is the list "3, 5".
+  9. Mixed numbers are sums (2\frac12 = 2.5); "\sqrt 13" means sqrt(13).
+ 10. Pathological inputs do not hang: whatever cannot be computed cheaply is judged false.
 
 Departures from the paper: Yeo et al. (2025) reward correctness with a rule-based checker in their
 OpenRLHF fork; this one is written from scratch. It is strict for MATH (exact equality, no numeric
@@ -109,6 +134,9 @@ _BRACE_RE = re.compile(r"\\.|[{}]", re.S)
 _ANSWER_IS_RE = re.compile(r"(?i)\banswer(?:\s+is\s*:?|\s*:)[ \t]*")
 _DELIM_RE = re.compile(r"\\\$|\$\$|\$|\\\[|\\\]|\\\(|\\\)")
 _CLOSER = {"$$": "$$", "$": "$", "\\[": "\\]", "\\(": "\\)"}
+_JOINER_RE = re.compile(r"[\s$]*(?:,|;|and|\\q?quad|\\text\{\s*and\s*\})[\s$]*")  # between boxes of one list
+_END_RE = re.compile(r"[\s.,;:!*)]*|[^$]{0,40}[.!][\s*]*")  # what may follow a final unboxed $...$
+MAX_BOXES = 32  # adjacent boxes joined into one list answer
 
 
 def _brace_group(s: str, i: int) -> int:
@@ -125,25 +153,43 @@ def _brace_group(s: str, i: int) -> int:
     return -1
 
 
-def _last_boxed(text: str) -> str | None:
-    starts = [m.end() for m in _BOX_RE.finditer(text)]
-    for j in reversed(starts[-3:]):  # the last complete box; at most 3 tries keeps a 1 MB input linear
-        k = j
-        while k < len(text) and text[k] in " \t":
-            k += 1
-        if k < len(text) and text[k] == "{":
-            end = _brace_group(text, k)
-            if end != -1:
-                return text[k + 1:end - 1].strip()
-        elif k > j:  # "\boxed 5": one space-delimited token
-            m = re.match(r"[^\s$]+", text[k:k + 200])
-            if m:
-                return m.group()
+def _box_at(text: str, j: int) -> tuple[str, int] | None:
+    """The box whose command ends at j: (content, end index), or None if it is not complete."""
+    k = j
+    while k < len(text) and text[k] in " \t":
+        k += 1
+    if k < len(text) and text[k] == "{":
+        end = _brace_group(text, k)
+        if end != -1:
+            return text[k + 1:end - 1].strip(), end
+    elif k > j:  # "\boxed 5": one space-delimited token
+        m = re.match(r"[^\s$]+", text[k:k + 200])
+        if m:
+            return m.group(), k + m.end()
+    return None
+
+
+def _last_boxed(text: str) -> tuple[str, int] | None:
+    """The last complete box (content, end index), with the boxes just before it that are joined to it
+    only by ",", "and", "\\quad" (one list answer: "$\\boxed{2}$ and $\\boxed{5}$" -> "2, 5")."""
+    found = [(m.start(), m.end()) for m in _BOX_RE.finditer(text)]
+    for n in range(len(found) - 1, max(-1, len(found) - 4), -1):  # at most 3 tries keeps a 1 MB input linear
+        box = _box_at(text, found[n][1])
+        if box is None:
+            continue
+        parts, end, start = [box[0]], box[1], found[n][0]
+        for i, j in reversed(found[max(0, n - MAX_BOXES):n]):
+            prev = _box_at(text, j)
+            if prev is None or prev[1] > start or not _JOINER_RE.fullmatch(text[prev[1]:start]):
+                break
+            parts.append(prev[0])
+            start = i
+        return ", ".join(reversed(parts)) if len(set(parts)) > 1 else parts[0], end
     return None
 
 
 def _math_segments(text: str):
-    """The contents of complete $...$, $$...$$, \\[...\\], \\(...\\) segments, in order (one linear scan)."""
+    """(content, end) of complete $...$, $$...$$, \\[...\\], \\(...\\) segments, in order (one linear scan)."""
     opener, start = None, 0
     for m in _DELIM_RE.finditer(text):
         d = m.group()
@@ -153,36 +199,54 @@ def _math_segments(text: str):
             if d in _CLOSER:
                 opener, start = d, m.end()
         elif d == _CLOSER[opener]:
-            yield text[start:m.start()].strip()
+            yield text[start:m.start()].strip(), m.end()
             opener = None
 
 
-def _last_math(text: str) -> str | None:
+def _statement(text: str, after: int) -> str | None:
+    """What follows the last "the answer is" / "Answer:" that starts at or after `after`, on its line."""
+    last = None
+    for last in _ANSWER_IS_RE.finditer(text, after):
+        pass
+    if last is None:
+        return None
+    rest = text[last.end():last.end() + 1000].lstrip()
+    line = rest if rest.startswith(tuple(_CLOSER)) else rest.split("\n", 1)[0]
+    inner = next(_math_segments(line), None)
+    ans = re.sub(r"^[\s*]+|[\s.*]+$", "", inner[0] if inner is not None else line)  # **12**. -> 12
+    return ans or None
+
+
+def _final_answer(text: str) -> str | None:
+    box = _last_boxed(text)
+    said = _statement(text, box[1] if box else 0)  # an explicit statement after the last box overrides it
+    if said is not None and (box is None or re.match(r"[-\d\\$([{]|[a-zA-Z]\s*=", said)):
+        return said
+    if box is not None:
+        return box[0]
     last = None
     for last in _math_segments(text):
         pass
-    return last
+    if last is not None and _END_RE.fullmatch(text, last[1]):  # a final $...$ that ends the response
+        return last[0]
+    return None
 
 
 def extract_answer(text: str) -> str | None:
-    r"""The final answer of a response: the last \boxed{} / \fbox{} (nested braces, or "\boxed 5"),
-    else what follows the last "the answer is" / "answer:" on its line, else the final $...$."""
+    r"""The final answer of a response. After a closing </think>, the answer given there wins (else
+    the thinking's). Within a part: an "answer is" / "Answer:" statement after the last box, else the
+    last complete \boxed{} / \fbox{} (with the boxes joined to it by ",", "and", "\quad"), else a
+    final $...$ that ends the text (a response cut off mid-sentence or inside an open <think> block
+    has no answer)."""
     if not isinstance(text, str):
         return None
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return boxed
-    last = None
-    for last in _ANSWER_IS_RE.finditer(text):
-        pass
-    if last is not None:
-        rest = text[last.end():last.end() + 1000].lstrip()
-        line = rest if rest.startswith(tuple(_CLOSER)) else rest.split("\n", 1)[0]
-        inner = next(_math_segments(line), None)
-        ans = re.sub(r"^[\s*]+|[\s.*]+$", "", inner if inner is not None else line)  # **12**. -> 12
-        if ans:
-            return ans
-    return _last_math(text)
+    k = text.rfind("</think>")
+    if text.rfind("<think>") > k:  # cut off while still thinking: no final answer yet
+        return None
+    if k != -1:
+        ans = _final_answer(text[k + 8:])
+        return ans if ans is not None else _final_answer(text[:k])
+    return _final_answer(text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,7 +254,7 @@ def extract_answer(text: str) -> str | None:
 # ----------------------------------------------------------------------------------------------
 _UNICODE = {"\u2212": "-", "\u2013": "-", "\u00d7": r"\times ", "\u00b7": r"\cdot ", "\u00f7": r"\div ",
             "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u221a": r"\sqrt", "\u2264": r"\le ", "\u2265": r"\ge ",
-            "\u00b0": r"^\circ", "\u00a0": " ", "\u222a": r"\cup "}
+            "\u00b0": r"^\circ", "\u00a0": " ", "\u222a": r"\cup ", "\u2260": r"\ne ", "\u2205": r"\emptyset "}
 _TEXT_RE = re.compile(r"\\(?:text|textbf|textit|textnormal|textrm|mbox|mathrm|mathbf|mathit|boldsymbol|"
                       r"operatorname|emph)\s*\{([^{}]*)\}(\^\{?\d\}?)?")
 _DROP_RE = re.compile(r"\\(?:left|right)[.]|\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle)(?![a-zA-Z])")
@@ -198,10 +262,24 @@ _SPACE_RE = re.compile(r"\\\\|\\[,;:> !]|\\q?quad(?![a-zA-Z])|~")  # \\\\ (matri
 _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree")
 _UNIT_WORDS = {"cm", "mm", "km", "m", "ft", "in", "yd", "mi", "kg", "g", "mg", "lb", "lbs", "oz", "s", "ms",
                "h", "hr", "hrs", "min", "sec", "l", "ml", "mph", "cc", "sq", "cu", "m/s", "km/h"}
-_UNIT_TAIL_RE = re.compile(r"(?<=[\d}).])\s+([a-zA-Z/]+\.?(?:\s+[a-zA-Z/]+\.?)*)\s*(?:\^\{?\d\}?)?\s*$")
+_UNIT_TAIL_RE = re.compile(r"(?<![\^_]\d)(?<=[\d}).])\s+([a-zA-Z/]+\.?(?:\s+[a-zA-Z/]+\.?)*)\s*(?:\^\{?\d\}?)?\s*$")
 
 
 _OVERLINE_RE = re.compile(r"(\d{0,50})\.(\d{0,50})\\(?:overline|bar)\{(\d{1,50})\}")
+
+
+_AMPM_RE = re.compile(r"([aApP])\.?\s?[mM]\.?(?![a-zA-Z])")  # a.m. / PM in times
+_CANON = [(re.compile(p), c) for p, c in [
+    (r"\\(?:leqslant|leqq|leq|le)(?![a-zA-Z])|<=", r"\\le "), (r"\\(?:geqslant|geqq|geq|ge)(?![a-zA-Z])|>=", r"\\ge "),
+    (r"\\(?:neq|ne)(?![a-zA-Z])|!=", r"\\ne "), (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
+    (r"\\(?:varnothing|emptyset)(?![a-zA-Z])|\\\{\s*\\\}", r"\\emptyset "),
+    (r"\\mathbb\s*\{\s*R\s*\}|\\mathbb\s*R(?![a-zA-Z])", r"(-\\infty,\\infty)")]]
+_NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                 "sixteen seventeen eighteen nineteen twenty").split()
+_WORDS = {**{w: str(i) for i, w in enumerate(_NUMBER_WORDS)},  # a whole answer spelled out -> canonical
+          **{w: str(10 * i) for i, w in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), 3)},
+          **dict.fromkeys(["emptyset", "theemptyset", "nosolution", "nosolutions"], r"\emptyset"),
+          **dict.fromkeys(["allrealnumbers", "allreals", "\\mathbb{r}"], r"(-\infty,\infty)")}
 
 
 def _repeating(m) -> str:
@@ -222,6 +300,8 @@ def _drop_text(s: str) -> str:
         content, before = m.group(1), s[:m.start()].strip()
         if content.strip(" ,").lower() in ("and", "or", ""):
             repl = "," if content.strip() else ""
+        elif _AMPM_RE.fullmatch(content.strip()):  # 10:30\text{ a.m.}: part of the time, not a unit
+            repl = content.strip()
         elif before and re.search(r"[\w}).]$", before) and re.fullmatch(r"[\sa-zA-Z.,/]*", content):
             repl = ""  # a unit (and its ^2 / ^3)
         else:
@@ -247,8 +327,11 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = _DEGREE_RE.sub("", s)
     s = _OVERLINE_RE.sub(_repeating, s)
     pct = "%" in s
+    for pattern, canonical in _CANON:  # one spelling for relations, the empty set and R
+        s = pattern.sub(canonical, s)
     s = s.replace(r"\%", "").replace("%", "").replace(r"\$", "").replace("$", "")
     s = _drop_text(s)
+    s = re.sub(r"(?<=\d)\s*" + _AMPM_RE.pattern, lambda m: m.group(1).lower() + "m", s)  # 10:30 A.M. -> 10:30am
     s = re.sub(r"(?i)\s+(?:and|or)\s+", ",", s)
     s = re.sub(r"^\s*(?:\\approx|\\therefore|=)\s*", "", s)
     s = re.split(r"\\approx(?![a-zA-Z])", s)[0]  # "\frac13 \approx 0.333": the exact part is the answer
@@ -269,7 +352,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     m = re.fullmatch(r"\(([A-Za-z])\)|([A-Z])\)", s)  # (C) -> C
     if m:
         s = m.group(1) or m.group(2)
-    return s, pct
+    return _WORDS.get(s.lower(), s), pct
 
 
 # ----------------------------------------------------------------------------------------------
@@ -626,10 +709,68 @@ def _expand_pm(s: str) -> list[str]:
     return [s.replace(r"\pm", "+").replace(r"\mp", "-"), s.replace(r"\pm", "-").replace(r"\mp", "+")]
 
 
+_REL_RE = re.compile(r"\\(?:le|ge|ne)(?![a-zA-Z])|[<>]")  # relations, as _normalize spells them
+_FLIP = {"<": ">", ">": "<", r"\le": r"\ge", r"\ge": r"\le", r"\ne": r"\ne"}
+_LABEL_RE = re.compile(r"(?=.*[a-zA-Z])[a-zA-Z\\{}|(),:' ]{1,40}")  # AB, |CD|, (a,b), A:B, \overline{AB}
+
+
+def _constant(v) -> bool:
+    """A number (or a tuple / ratio of numbers): the kind of value a label can name."""
+    return v[0] == "expr" and not v[1].free_symbols or v[0] == "seq" and all(_constant(x) for x in v[3])
+
+
+def _inequality(s: str):
+    r""""-3 \le y < 4", "7 \ge y", "-y > -4", "2<g(x)<9", "x \ne 3", "|x-2| > 3" -> ("ineq", var,
+    intervals), each (lo, lo closed, hi, hi closed); a side linear in one variable is solved for it."""
+    parts, ops = _REL_RE.split(s), _REL_RE.findall(s)
+    if len(ops) > 2:
+        return None
+    vals = [_parse_expr(q) for q in parts]
+    free = [i for i, v in enumerate(vals) if v is not None and v.free_symbols]
+    if None in vals or len(free) != 1 or len(ops) == 2 and free != [1] or r"\ne" in ops and len(ops) > 1:
+        return None
+    k, f = free[0], vals[free[0]]
+    rels = [(op, vals[i + 1]) if i == k else (_FLIP[op], vals[i]) for i, op in enumerate(ops)]  # f REL c
+    branches = [rels]  # f satisfies all rels of one branch, for some branch
+    if rels[0][0] == r"\ne":
+        branches = [[("<", rels[0][1])], [(">", rels[0][1])]]
+    elif isinstance(f, sp.Abs) and len(rels) == 1:  # |f| < c: -c < f < c ; |f| > c: f < -c or f > c
+        (op, c), f = rels[0], f.args[0]
+        branches = [[(_FLIP[op], -c), (op, c)]] if op in ("<", r"\le") else [[(_FLIP[op], -c)], [(op, c)]]
+    (y,) = f.free_symbols if len(f.free_symbols) == 1 else (None,)
+    a = f.diff(y) if y is not None else None
+    if a is not None and not a.free_symbols and (a.is_positive or a.is_negative):
+        b = sp.expand(f - a * y)  # a y + b REL c  ->  y REL' (c - b) / a
+        if b.free_symbols:
+            return None
+        branches = [[(op if a.is_positive else _FLIP[op], (c - b) / a) for op, c in br] for br in branches]
+        var = str(y)
+    elif re.fullmatch(r"[a-zA-Z](?:_\w+)?\([a-zA-Z]\)", parts[k]):  # g(x) as a whole
+        var = parts[k]
+    else:
+        return None
+    out = []
+    for br in branches:
+        lo, lo_c, hi, hi_c = -sp.oo, False, sp.oo, False
+        for op, c in br:
+            if c.free_symbols or _numeric(c) is None and c not in (sp.oo, -sp.oo):
+                return None
+            if op in ("<", r"\le"):
+                hi, hi_c = (c, op == r"\le") if hi == sp.oo else (None, None)
+            else:
+                lo, lo_c = (c, op == r"\ge") if lo == -sp.oo else (None, None)
+        if hi is None or lo is None:  # two upper (or lower) bounds: not an interval we read
+            return None
+        out.append((lo, lo_c, hi, hi_c))
+    return ("ineq", var, tuple(sorted(out, key=lambda iv: _sort_key(iv[0]))))
+
+
 def _item(s: str):
-    """One part of an answer -> value tuple:
-    ("expr", e, var) | ("eq", lhs, rhs) | ("seq", "(", "]", items) | ("set", items) | ("matrix", rows)
-    | ("text", s)"""
+    """One part of an answer -> value tuple: ("expr", e, var) | ("eq", lhs, rhs, labelled) |
+    ("seq", "(", "]", items) (tuples, intervals; ":" ":" for ratios) | ("set", items) | ("matrix", rows)
+    | ("ineq", var, intervals) | ("text", s)"""
+    if s[:1] in "([" and s[-1:] in ")]" and s[1:].startswith("\\begin"):  # \left[\begin{array}..\right]
+        s = s[1:-1]
     m = _MATRIX_RE.fullmatch(s)
     if m:
         rows = [r for r in m.group(2).split("\\\\") if r.strip()]
@@ -641,47 +782,67 @@ def _item(s: str):
         parts = _split_top(s[1:-1], ",")
         if len(parts) > 1:
             return ("seq", s[0], s[-1], [_item(p) for p in parts])
+    if _REL_RE.search(s):
+        return _inequality(s) or ("text", s.lower())
+    ratio = _split_top(s, ":")
+    if len(ratio) > 1 and "=" not in s:
+        v = ("seq", ":", ":", [_item(p) for p in ratio])  # 3:8
+        return v if _constant(v) else ("text", s.lower())
     sides = _split_top(s, "=")
     if len(sides) >= 2:
+        rhs = _item(sides[-1])
         if _VAR_RE.fullmatch(sides[0]):  # x = 3 (or x = y = 3): keep the value, remember the name
-            rhs = _item(sides[-1])
             return ("expr", rhs[1], sides[0]) if rhs[0] == "expr" else rhs
-        lhs, rhs = _parse_expr(sides[0]), _parse_expr(sides[1])
-        if len(sides) == 2 and lhs is not None and rhs is not None:
-            return ("eq", lhs, rhs)
-        return ("text", s.lower())
+        label = _LABEL_RE.fullmatch(sides[0]) is not None and _constant(rhs)  # |CD| = 6, (a,b) = (2,5)
+        lhs = _parse_expr(sides[0])
+        if len(sides) == 2 and lhs is not None and rhs[0] == "expr":
+            return ("eq", lhs, rhs[1], label)
+        return rhs if label else ("text", s.lower())
     e = _parse_expr(s)
     return ("expr", e, None) if e is not None else ("text", s.lower())
 
 
 @_cache(16384)
 def _value(s: str):
-    r"""Normalised answer -> value: an item, a ("list", items) of comma-separated solutions,
-    or a ("union", seqs) of intervals joined by \cup."""
+    r"""Normalised answer -> value: an item, a ("list", items) of comma-separated solutions (groups
+    separated by ";" are items too), a ("named", names, items) list "m=4, k=9" with distinct names,
+    one ("ineq", ...) for "x<-1, x>5" (disjoint pieces: "or"), or a ("union", items) joined by \cup."""
+    groups = _split_top(s, ";")
+    if len(groups) > 1:
+        return ("list", [_value(g) for g in groups])
     unions = _split_top(s, r"\cup")
     if len(unions) > 1:
         return ("union", [_item(u) for u in unions])
     parts = [p for q in _split_top(s, ",") for p in _expand_pm(q)]
-    if len(parts) > 1:
-        return ("list", [_item(p) for p in parts])
-    return _item(s)
+    if len(parts) == 1:
+        return _item(s)
+    items = [_item(p) for p in parts]
+    names = [x[2] if x[0] == "expr" else None for x in items]
+    if all(names) and len(set(names)) == len(names):
+        return ("named", names, items)
+    if all(x[0] == "ineq" and x[1] == items[0][1] for x in items):
+        pieces = sorted((iv for x in items for iv in x[2]), key=lambda iv: _sort_key(iv[0]))
+        if all(_sort_key(a[2]) < _sort_key(b[0]) for a, b in zip(pieces, pieces[1:])):
+            return ("ineq", items[0][1], tuple(pieces))
+    return ("list", items)
 
 
 # ----------------------------------------------------------------------------------------------
 # 4. Comparison
 # ----------------------------------------------------------------------------------------------
+_INF = (sp.oo, -sp.oo, sp.zoo, sp.nan)  # x.has(sp.oo) is False for -oo: test all four
 _POINTS = [(0.5719, 0.1377), (1.3142, 0.2413), (2.2917, 0.3331)]  # identity-test points: symbol j = base + j*step
 
 
 def _numeric(x, subs=None):
     """(re, im) as sympy Floats at NUMERIC_DPS digits, or None if not a finite number."""
-    if x.has(sp.oo, sp.zoo, sp.nan):
+    if x.has(*_INF):
         return None
     try:
         re_, im_ = x.evalf(NUMERIC_DPS, subs=subs).as_real_imag()
     except (ArithmeticError, ValueError, TypeError):  # e.g. floor(10^1999 pi): precision exhausted
         return None
-    if not (re_.is_Number and im_.is_Number) or re_.has(sp.nan, sp.oo, sp.zoo) or im_.has(sp.nan, sp.oo, sp.zoo):
+    if not (re_.is_Number and im_.is_Number) or re_.has(*_INF) or im_.has(*_INF):
         return None
     return re_, im_
 
@@ -701,7 +862,7 @@ def _expr_equal(a, b) -> bool:
         return True
     if a.is_Rational and b.is_Rational:  # exact numbers that differ
         return False
-    if a.has(sp.oo, sp.zoo, sp.nan) or b.has(sp.oo, sp.zoo, sp.nan):
+    if a.has(*_INF) or b.has(*_INF):
         return False  # infinities only match structurally (-oo == -oo above)
     syms = sorted(a.free_symbols | b.free_symbols, key=str)
     if not syms:
@@ -741,22 +902,59 @@ def _eq_equal(l1, r1, l2, r2) -> bool:
     return True
 
 
-def _scalar_equal(g, p, pct: tuple[bool, bool]) -> bool:
-    if _expr_equal(g, p):
-        return True
-    # a side written with % may be meant as a fraction: gold "50\%" accepts 0.5, gold 0.5 accepts "50\%"
-    return pct[0] and _expr_equal(g / 100, p) or pct[1] and _expr_equal(g, p / 100)
+def _sort_key(x) -> float:
+    v = _numeric(x)
+    return float(v[0]) if v is not None else float("inf") if x == sp.oo else float("-inf")
 
 
-def _equal(g, p, pct: tuple[bool, bool] = (False, False)) -> bool:
+def _region(v):
+    """A set of reals as sorted intervals (lo, lo closed, hi, hi closed): from an inequality, an
+    interval (a, b] or a union of intervals. None for anything else."""
+    if v[0] == "ineq":
+        return list(v[2])
+    if v[0] == "seq" and v[1] in "([" and v[2] in ")]" and len(v[3]) == 2 and _constant(v):
+        return [(v[3][0][1], v[1] == "[", v[3][1][1], v[2] == "]")]
+    if v[0] == "union":
+        parts = [_region(u) for u in v[1]]
+        return None if None in parts else sorted((iv for p in parts for iv in p), key=lambda iv: _sort_key(iv[0]))
+    return None
+
+
+def _same_region(a, b) -> bool:
+    def same_end(x, cx, y, cy):  # an infinite end is open whatever the bracket says
+        return _expr_equal(x, y) and (cx == cy or x.has(*_INF))
+    return len(a) == len(b) and all(same_end(*x[:2], *y[:2]) and same_end(*x[2:], *y[2:]) for x, y in zip(a, b))
+
+
+def _as_eq(v):
+    """An equation (lhs, rhs): "2x - y = 3", or "y = 2x + 3" read as one."""
+    return v[1:3] if v[0] == "eq" else (sp.Symbol(v[2]), v[1]) if v[0] == "expr" and v[2] else None
+
+
+def _equal(g, p) -> bool:
     """Gold value g vs predicted value p (tuples from _value / _item)."""
     kg, kp = g[0], p[0]
     if kg == "expr" and kp == "expr":
-        return _scalar_equal(g[1], p[1], pct)
+        return _expr_equal(g[1], p[1])
+    if kg == "ineq" or kp == "ineq":  # the same set of reals: y <= 7, 7 >= y, (-oo, 7]
+        if kg == kp and g[1] != p[1]:
+            return False
+        rg, rp = _region(g), _region(p)
+        return rg is not None and rp is not None and _same_region(rg, rp)
     if kg == "eq" or kp == "eq":  # y = 2x + 3 vs 2x - y + 3 = 0
-        eg = g[1:] if kg == "eq" else (sp.Symbol(g[2]), g[1]) if kg == "expr" and g[2] else None
-        ep = p[1:] if kp == "eq" else (sp.Symbol(p[2]), p[1]) if kp == "expr" and p[2] else None
-        return eg is not None and ep is not None and _eq_equal(*eg, *ep)
+        eg, ep = _as_eq(g), _as_eq(p)
+        if eg is not None and ep is not None and _eq_equal(*eg, *ep):
+            return True
+        lab, other = (g, p) if kg == "eq" else (p, g)  # |CD| = 6 vs 6: the label is optional
+        return lab[3] and other[0] != "eq" and _equal(("expr", lab[2], None), other)
+    if kg == "named" or kp == "named":  # m = 4, k = 9: names must agree, or the order when one is unnamed
+        if kg == kp and sorted(g[1]) == sorted(p[1]):
+            return all(_equal(x, p[2][p[1].index(n)]) for n, x in zip(*g[1:]))
+        if kg == kp:  # other letters than the gold's: compare in order
+            return _all_equal(g[2], p[2])
+        other = p if kg == "named" else g
+        items = other[1] if other[0] == "list" else other[3] if other[:3] == ("seq", "(", ")") else None
+        return items is not None and _all_equal((g if kg == "named" else p)[2], items)
     if kg == "seq" and kp == "seq":  # tuples and intervals: order and bracket types matter
         return g[1:3] == p[1:3] and _all_equal(g[3], p[3])
     if kg == "matrix" and kp == "matrix":
@@ -784,6 +982,7 @@ def _all_equal(xs, ys) -> bool:
 
 
 def _same_multiset(xs, ys) -> bool:
+    """Unordered match: each gold element is used at most once ("1, 2" is not "1, 1")."""
     if len(xs) != len(ys) or len(xs) > 64:
         return False
     left = list(ys)
@@ -819,22 +1018,21 @@ def _plain_number(s: str) -> Fraction | None:
 def _math_equal(pred: str, gold: str, fast: bool = True) -> tuple[bool, str]:
     """Normalised predicted vs gold MATH answer -> (equal, reason). fast=False skips the string
     shortcut (tests use it to push every gold through the parser)."""
-    (p, p_pct), (g, g_pct) = _normalize(pred), _normalize(gold)
+    p, g = _normalize(pred)[0], _normalize(gold)[0]  # the % sign is decoration: 28\% = 28 != 0.28
     if fast and p == g:
         return True, "equal (string)"
     if not p:
         return False, "empty answer"
     if max(len(p), len(g)) > MAX_ANSWER_CHARS:
         return False, "mismatch (too long to parse)"
-    pct = (g_pct, p_pct)
     fp, fg = _plain_number(p), _plain_number(g)
-    if fp is not None and fg is not None and not any(pct):
+    if fp is not None and fg is not None:
         return (fp == fg), "equal (number)" if fp == fg else "mismatch"
     mb = re.fullmatch(r"(\w+)_(\d+)", g)  # base-n answer "204_5" given without the base
     if mb and p == mb.group(1):
         return True, "equal (base digits)"
     gv, pv = _value(g), _value(p)
-    if _equal(gv, pv, pct):
+    if _equal(gv, pv):
         return True, "equal (symbolic)"
     if pv[0] == "text" and gv[0] != "text" and _parse_expr(p) is None:
         return False, "mismatch (unparsable answer)"
@@ -908,7 +1106,7 @@ def _letter(s: str | None) -> str | None:
 
 def _extract_choice(text: str) -> str | None:
     """MMLU-Pro style: \\boxed{C}, "the answer is (C)", "Answer: C", or a last line "(C)" / "C."."""
-    for cand in (_last_boxed(text), extract_answer(text)):
+    for cand in ((_last_boxed(text) or (None,))[0], extract_answer(text)):
         letter = _letter(cand)
         if letter:
             return letter
@@ -948,8 +1146,8 @@ def _judge(ans: str | None, gold: str, kind: str) -> Grade:
     if kind in ("choice", "option"):
         ok = ans == _letter(gold)
     elif kind == "math":
-        if gold.lstrip().startswith(("\\boxed", "\\fbox")):
-            gold = _last_boxed(gold) or gold
+        box = _last_boxed(gold)  # a gold given as \boxed{..} or as a whole reference solution
+        gold = box[0] if box is not None else gold
         ok, why = _math_equal(ans, gold)
         return Grade(ok, why, ans)
     elif kind == "bool":

@@ -41,13 +41,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
-import dist  # noqa: E402
 import kernels  # noqa: E402
 import model as M  # noqa: E402
 import reward as RW  # noqa: E402
 from bench_sample import SHAPES, NoStopTokenizer, environment, random_model, sync, write_json  # noqa: E402
 from bench_train import training_backend  # noqa: E402
-from ppo import (build_sequences, forward_response, kl_penalty, masked_whiten, micro_batches,  # noqa: E402
+from ppo import (build_sequences, forward_response, kl_penalty, masked_whiten, micro_batches, trim,  # noqa: E402
                  multi_gamma_advantages, policy_loss, response_mask, value_loss)
 from sample import decode_copy, generate  # noqa: E402
 
@@ -86,7 +85,7 @@ def ppo_iteration(policy, critic, ref, sampler, actor_opt, critic_opt, tok, prom
         times[phase], t[0] = now - t[0], now
 
     # ---- 1. sample: refresh the decode copy, n responses per prompt ----
-    sampler = decode_copy(policy, dist.full_state_dict(policy, rank0_only=False), sampler, sample_dtype)
+    sampler = decode_copy(policy, sampler, sample_dtype)
     outs = generate(sampler, tok, prompt_ids, n=args.n_samples, temperature=args.temperature, top_p=1.0,
                     max_new_tokens=args.max_new, seed=args.seed + 100_003 * it,
                     batch_size=len(prompt_ids) * args.n_samples)
@@ -98,27 +97,30 @@ def ppo_iteration(policy, critic, ref, sampler, actor_opt, critic_opt, tok, prom
     correct = [coin.random() < 0.5 for _ in samples]
     lengths = [len(s.token_ids) for _, s in samples]
     truncated = [s.finish_reason == "length" for _, s in samples]
-    ids, attn, P = build_sequences([prompt_ids[i] for i, _ in samples], [s.token_ids for _, s in samples],
-                                   tok.pad_token_id)
-    R = ids.shape[1] - P
+    ids, starts = build_sequences([prompt_ids[i] for i, _ in samples], [s.token_ids for _, s in samples],
+                                  tok.pad_token_id)  # (B, W) right-padded rows, (B,) response starts
+    R = max(lengths)
+    ends = starts + torch.tensor(lengths)
+    resp = ids.gather(1, (starts[:, None] + torch.arange(R)).clamp(max=ids.shape[1] - 1))  # (B, R)
     rcfg = RW.RewardConfig(kind="cosine", max_len=args.max_new)  # paper: cosine + dense repetition penalty
-    rewards, gammas, _ = RW.reward_tensor(correct, lengths, ids[:, P:], truncated, rcfg)  # (B, R, K)
+    rewards, gammas, _ = RW.reward_tensor(correct, lengths, resp, truncated, rcfg)  # (B, R, K)
     mask = response_mask(lengths, R)  # (B, R)
     lap("score")
 
     # ---- 3. old log-probs, reference log-probs, values: no gradient, token-budget micro-batches ----
-    order = sorted(range(len(samples)), key=lambda b: lengths[b])
+    order = sorted(range(len(samples)), key=lambda b: int(ends[b]))
     mbs = [[order[b] for b in mb] for mb in
-           micro_batches([P + lengths[b] for b in order], args.micro_tokens, args.micro_batch)]
+           micro_batches([int(ends[b]) for b in order], args.micro_tokens, args.micro_batch)]
 
     @torch.no_grad()
     def score(net, values=False):
         net.eval()
         out = torch.zeros(len(samples), R)
         for mb in mbs:
+            x, st, r = trim(ids, starts, lengths, mb, device)  # each micro-batch at its own width
             with autocast():
-                r = forward_response(net, ids[mb].to(device), attn[mb].to(device), P, R, args.temperature, values)
-            out[mb] = (r if values else r[0]).float().cpu()
+                y = forward_response(net, x, st, r, args.temperature, values)
+            out[mb, :r] = (y if values else y[0]).float().cpu()
         return out
 
     old_lp = score(policy)
@@ -129,7 +131,7 @@ def ppo_iteration(policy, critic, ref, sampler, actor_opt, critic_opt, tok, prom
     lap("critic")
 
     # ---- 4. advantages: KL folded into the reward, multi-gamma returns (lambda = 1), whitened ----
-    kl = kl_penalty(old_lp, ref_lp) * mask  # (B, R)
+    kl = kl_penalty(old_lp, ref_lp, mask)  # (B, R)
     rewards[..., 0] -= args.kl_coef * kl
     adv, returns = multi_gamma_advantages(rewards, old_v, mask, gammas, 1.0)
     adv = masked_whiten(adv, mask)
@@ -142,16 +144,17 @@ def ppo_iteration(policy, critic, ref, sampler, actor_opt, critic_opt, tok, prom
     n_steps = n_micro = 0
     with kernels.use(train_backend):
         for s in range(0, len(perm), args.train_batch):
-            batch = sorted(perm[s:s + args.train_batch], key=lambda b: lengths[b])
+            batch = sorted(perm[s:s + args.train_batch], key=lambda b: int(ends[b]))
             n_tok = mask[batch].sum()
-            for mbi in micro_batches([P + lengths[b] for b in batch], args.micro_tokens, args.micro_batch):
+            for mbi in micro_batches([int(ends[b]) for b in batch], args.micro_tokens, args.micro_batch):
                 mb = [batch[b] for b in mbi]
-                x, a, m = ids[mb].to(device), attn[mb].to(device), mask[mb].to(device)
+                x, st, r = trim(ids, starts, lengths, mb, device)
+                on = lambda t: t[mb, :r].to(device)  # noqa: E731
                 with autocast():
-                    lp, _ = forward_response(policy, x, a, P, R, args.temperature)
-                    v = forward_response(critic, x, a, P, R, args.temperature, values=True)
-                pl, _ = policy_loss(lp.float(), old_lp[mb].to(device), adv[mb].to(device), m, 0.2, n_tok)
-                vl, _ = value_loss(v, old_v[mb].to(device), returns[mb].to(device), m, 0.2, n_tok)
+                    lp, _ = forward_response(policy, x, st, r, args.temperature)
+                    v = forward_response(critic, x, st, r, args.temperature, values=True)
+                pl, _ = policy_loss(lp.float(), on(old_lp), on(adv), on(mask), 0.2, n_tok)
+                vl, _ = value_loss(v, on(old_v), on(returns), on(mask), 0.2, n_tok)
                 (pl + vl).backward()
                 n_micro += 1
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -160,7 +163,7 @@ def ppo_iteration(policy, critic, ref, sampler, actor_opt, critic_opt, tok, prom
             actor_opt.zero_grad(set_to_none=True), critic_opt.zero_grad(set_to_none=True)
             n_steps += 1
     lap("train")
-    stats = {"samples": len(samples), "generated_tokens": sum(lengths), "padded_len": P + R,
+    stats = {"samples": len(samples), "generated_tokens": sum(lengths), "padded_len": ids.shape[1],
              "micro_batches_score": len(mbs), "micro_batches_train": n_micro, "optimizer_steps": n_steps,
              "accuracy": sum(correct) / len(correct), "mean_reward": float(rewards.sum(dim=(1, 2)).mean())}
     return times, stats, sampler

@@ -195,12 +195,19 @@ if HAS_TRITON:
             tl.store(lp_ptr + row, z_tok - m - log_s)  # log_softmax at the token, full distribution
 
 
-def sample_triton(logits, temperature, top_p, u):
+def sample_triton(logits, temperature, top_p, u, splits=None):
     """Same contract as sample_ref. Rows may be strided (e.g. logits[:, -1, :]); the vocabulary dimension
-    must have stride 1, else the wrapper copies."""
+    must have stride 1, else the wrapper copies. splits: programs per row (default choose_sample_splits: one
+    per row once the batch fills the GPU, several for small batches: sample_split_triton); greedy: always one."""
     _check_inputs(logits, temperature, top_p, u)
     check_triton_device(logits, u)
     B, V = logits.shape
+    if splits is None and temperature != 0 and B > 0:
+        sms = torch.cuda.get_device_properties(logits.device).multi_processor_count if logits.is_cuda \
+            else DEFAULT_SMS
+        splits = choose_sample_splits(B, V, sms)
+    if splits is not None and splits > 1 and temperature != 0:
+        return sample_split_triton(logits, temperature, top_p, u, splits)
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     u = u.float().contiguous()
@@ -215,4 +222,260 @@ def sample_triton(logits, temperature, top_p, u):
                          GREEDY=greedy, TOP_P=(not greedy) and top_p < 1, BLOCK=block,
                          NT=NT, SEARCH_PASSES=SEARCH_PASSES, ONE_BITS=ONE_BITS,
                          num_warps=8 if block >= 1024 else 4)
+    return tokens, logprobs
+
+
+# ----------------------------------------------------------------------------------------------------
+# Split version: several programs per row (small batches)
+# ----------------------------------------------------------------------------------------------------
+MIN_CHUNK = 2048  # vocabulary entries per program at least (below that, launches cost more than they save)
+MAX_SPLITS = 64  # programs per row at most (the per-row combines hold BLOCK_C values)
+DEFAULT_SMS = 132  # H100 SXM; used when no GPU is visible (CPU interpreter) so the heuristic stays testable
+
+
+def choose_sample_splits(batch, vocab, num_sms=DEFAULT_SMS):
+    """Programs per row: 1 when the batch alone fills the GPU (>= one row per SM), else enough for ~2 programs
+    per SM, each with >= MIN_CHUNK entries, at most MAX_SPLITS. Qwen's V = 152064: batch 1 -> 64, 8 -> 33,
+    64 -> 5, 132 -> 1."""
+    if batch >= num_sms:
+        return 1
+    want = -(-2 * num_sms // max(1, batch))
+    return max(1, min(want, -(-vocab // MIN_CHUNK), MAX_SPLITS))
+
+
+def split_block(vocab, splits):
+    """Vocabulary entries per loop step of the split kernels: a chunk's size rounded up to a power of two,
+    in [16, MAX_BLOCK]."""
+    return max(16, min(MAX_BLOCK, 1 << (-(-vocab // splits) - 1).bit_length()))
+
+
+def split_chunks(vocab, splits, block):
+    """(entries per chunk, number of chunks): whole BLOCKs, `splits` chunks at most covering [0, vocab)."""
+    chunk = -(-(-(-vocab // splits)) // block) * block
+    return chunk, -(-vocab // chunk)
+
+
+if HAS_TRITON:
+    @triton.jit
+    def _row_max_sum(m_ptr, s_ptr, row, C, BLOCK_C: tl.constexpr):
+        """The row's max M and sum S = sum exp(z - M), combined from its chunks' (m, s): the same instructions in
+        every kernel, so every program of a row sees bit-identical M and S (and so identical p)."""
+        offs = tl.arange(0, BLOCK_C)
+        cm = offs < C
+        m = tl.load(m_ptr + row * C + offs, mask=cm, other=float("-inf"))
+        s = tl.load(s_ptr + row * C + offs, mask=cm, other=0.0)
+        M = tl.max(m, axis=0)
+        M_safe = tl.where(M == float("-inf"), 0.0, M)
+        S = tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - M_safe)), axis=0)
+        return M, S
+
+    @triton.jit
+    def _split_stats_kernel(logits_ptr, stride_row, m_ptr, s_ptr, V, C, CHUNK, temperature,
+                            BLOCK: tl.constexpr):
+        """Grid (B, C): each chunk's max m_c and sum exp(z - m_c) (online, as pass 1 of _sample_kernel)."""
+        row = tl.program_id(0).to(tl.int64)
+        c = tl.program_id(1)
+        base = logits_ptr + row * stride_row
+        offs = tl.arange(0, BLOCK)
+        start = c * CHUNK
+        end = tl.minimum(start + CHUNK, V)
+        m = tl.full([], float("-inf"), tl.float32)
+        s = tl.zeros([], tl.float32)
+        for b0 in range(start, end, BLOCK):
+            idx = b0 + offs
+            z = tl.load(base + idx, mask=idx < end, other=float("-inf")).to(tl.float32)
+            z = tl.math.div_rn(z, temperature)
+            m_new = tl.maximum(m, tl.max(z, axis=0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(z - m_safe), axis=0)
+            m = m_new
+        tl.store(m_ptr + row * C + c, m)
+        tl.store(s_ptr + row * C + c, s)
+
+    @triton.jit
+    def _split_bounds(lohi_ptr, mass_ptr, vmin_ptr, vmax_ptr, row, C, PASS, PASSES, top_p,
+                      NT: tl.constexpr, BLOCK_C: tl.constexpr, ONE_BITS: tl.constexpr):
+        """The search interval [lo, hi) before pass PASS: read the one before pass PASS - 1 and narrow it with
+        that pass's per-chunk partial masses (the rule of _sample_kernel). Every program computes it alike."""
+        if PASS == 0:
+            lo = tl.zeros([], tl.int64)
+            hi = tl.full([], ONE_BITS + 1, tl.int64)
+        else:
+            lo = tl.load(lohi_ptr + (row * (PASSES + 1) + PASS - 1) * 2)
+            hi = tl.load(lohi_ptr + (row * (PASSES + 1) + PASS - 1) * 2 + 1)
+            if hi - lo > 1:  # pass PASS - 1 ran: its partials are in buffer (PASS - 1) % 2
+                buf = (PASS - 1) % 2
+                offs_c = tl.arange(0, BLOCK_C)
+                kk = tl.arange(0, NT)
+                cm = offs_c < C
+                part = (buf * tl.num_programs(0) + row) * C + offs_c  # (BLOCK_C,) flat (buffer, row, chunk)
+                masses = tl.sum(tl.load(mass_ptr + part[:, None] * NT + kk[None, :], mask=cm[:, None], other=0.0),
+                                axis=0)  # (NT,) mass(t_k) over the whole row
+                vmin = tl.min(tl.load(vmin_ptr + part, mask=cm, other=2147483647), axis=0)
+                vmax = tl.max(tl.load(vmax_ptr + part, mask=cm, other=-1), axis=0)
+                span = hi - lo
+                j = tl.maximum(tl.sum((masses >= top_p).to(tl.int32), axis=0) - 1, 0)
+                new_hi = tl.where(j + 1 < NT, lo + ((j + 1).to(tl.int64) * span) // NT, hi)
+                new_lo = lo + (j.to(tl.int64) * span) // NT
+                lo2 = tl.minimum(tl.maximum(new_lo, vmin.to(tl.int64)), new_hi - 1)
+                hi = tl.maximum(tl.minimum(new_hi, vmax.to(tl.int64) + 1), lo2 + 1)
+                lo = lo2
+        return lo, hi
+
+    @triton.jit
+    def _split_search_kernel(logits_ptr, stride_row, m_ptr, s_ptr, lohi_ptr, mass_ptr, vmin_ptr, vmax_ptr,
+                             V, C, CHUNK, PASS, PASSES, temperature, top_p,
+                             BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, NT: tl.constexpr,
+                             ONE_BITS: tl.constexpr):
+        """Grid (B, C), launched once per search pass PASS = 0..PASSES-1 (and once more with PASS = PASSES to
+        store the final interval). Each program narrows [lo, hi) from the previous pass's partials (program
+        c = 0 stores it for the next launch), then, if not exact, adds up its chunk's mass above each of the NT
+        thresholds and the smallest / largest bit pattern inside [lo, hi): partials into buffer PASS % 2."""
+        row = tl.program_id(0).to(tl.int64)
+        c = tl.program_id(1)
+        lo, hi = _split_bounds(lohi_ptr, mass_ptr, vmin_ptr, vmax_ptr, row, C, PASS, PASSES, top_p,
+                               NT, BLOCK_C, ONE_BITS)
+        if c == 0:
+            tl.store(lohi_ptr + (row * (PASSES + 1) + PASS) * 2, lo)
+            tl.store(lohi_ptr + (row * (PASSES + 1) + PASS) * 2 + 1, hi)
+        if (PASS < PASSES) & (hi - lo > 1):
+            BIG: tl.constexpr = 2147483647
+            M, S = _row_max_sum(m_ptr, s_ptr, row, C, BLOCK_C)
+            inv_s = 1.0 / S
+            base = logits_ptr + row * stride_row
+            offs = tl.arange(0, BLOCK)
+            kk = tl.arange(0, NT)
+            span = hi - lo
+            t = (lo + (kk.to(tl.int64) * span) // NT).to(tl.int32)  # (NT,) thresholds, t[0] = lo
+            acc = tl.zeros([BLOCK, NT], tl.float32)
+            vmin = tl.full([BLOCK], BIG, tl.int32)
+            vmax = tl.full([BLOCK], -1, tl.int32)
+            start = c * CHUNK
+            end = tl.minimum(start + CHUNK, V)
+            for b0 in range(start, end, BLOCK):
+                idx = b0 + offs
+                x = tl.load(base + idx, mask=idx < end, other=float("-inf")).to(tl.float32)
+                p = tl.exp(tl.math.div_rn(x, temperature) - M) * inv_s  # (BLOCK,)
+                bits = p.to(tl.int32, bitcast=True)
+                acc += tl.where(bits[:, None] >= t[None, :], p[:, None], 0.0)  # (BLOCK, NT)
+                inside = (bits >= lo) & (bits < hi)
+                vmin = tl.minimum(vmin, tl.where(inside, bits, BIG))
+                vmax = tl.maximum(vmax, tl.where(inside, bits, -1))
+            part = ((PASS % 2) * tl.num_programs(0) + row) * C + c  # int64: row is
+            tl.store(mass_ptr + part * NT + kk, tl.sum(acc, axis=0))
+            tl.store(vmin_ptr + part, tl.min(vmin, axis=0))
+            tl.store(vmax_ptr + part, tl.max(vmax, axis=0))
+
+    @triton.jit
+    def _split_mass_kernel(logits_ptr, stride_row, m_ptr, s_ptr, lohi_ptr, w_ptr, V, C, CHUNK, PASSES,
+                           temperature, TOP_P: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Grid (B, C): each chunk's nucleus mass, sum of p over p >= tau (tau = lo of the final interval)."""
+        row = tl.program_id(0).to(tl.int64)
+        c = tl.program_id(1)
+        M, S = _row_max_sum(m_ptr, s_ptr, row, C, BLOCK_C)
+        inv_s = 1.0 / S
+        tau = tl.zeros([], tl.int32)
+        if TOP_P:
+            tau = tl.load(lohi_ptr + (row * (PASSES + 1) + PASSES) * 2).to(tl.int32)
+        base = logits_ptr + row * stride_row
+        offs = tl.arange(0, BLOCK)
+        acc = tl.zeros([BLOCK], tl.float32)
+        start = c * CHUNK
+        end = tl.minimum(start + CHUNK, V)
+        for b0 in range(start, end, BLOCK):
+            idx = b0 + offs
+            x = tl.load(base + idx, mask=idx < end, other=float("-inf")).to(tl.float32)
+            p = tl.exp(tl.math.div_rn(x, temperature) - M) * inv_s
+            acc += tl.where(p.to(tl.int32, bitcast=True) >= tau, p, 0.0)
+        tl.store(w_ptr + row * C + c, tl.sum(acc, axis=0))
+
+    @triton.jit
+    def _split_draw_kernel(logits_ptr, stride_row, m_ptr, s_ptr, lohi_ptr, w_ptr, u_ptr, tok_ptr, lp_ptr,
+                           V, C, CHUNK, PASSES, temperature, TOP_P: tl.constexpr, BLOCK: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
+        """Grid (B,): the inverse-CDF draw. The chunk where the running nucleus mass (chunk by chunk, in
+        vocabulary order) first exceeds u * total, then the token inside it, scanning that chunk only."""
+        row = tl.program_id(0).to(tl.int64)
+        BIG: tl.constexpr = 2147483647
+        M, S = _row_max_sum(m_ptr, s_ptr, row, C, BLOCK_C)
+        inv_s = 1.0 / S
+        tau = tl.zeros([], tl.int32)
+        if TOP_P:
+            tau = tl.load(lohi_ptr + (row * (PASSES + 1) + PASSES) * 2).to(tl.int32)
+        offs_c = tl.arange(0, BLOCK_C)
+        cm = offs_c < C
+        w = tl.load(w_ptr + row * C + offs_c, mask=cm, other=0.0)  # (BLOCK_C,) chunk nucleus masses
+        cum = tl.cumsum(w, axis=0)  # (BLOCK_C,) inclusive, never decreasing
+        target = tl.load(u_ptr + row).to(tl.float32) * tl.max(cum, axis=0)  # u * nucleus mass
+        cidx = tl.min(tl.where((cum > target) & cm, offs_c, BIG), axis=0)
+        cidx = tl.where(cidx == BIG, tl.max(tl.where((w > 0) & cm, offs_c, -1), axis=0), cidx)  # rounding
+        cidx = tl.maximum(cidx, 0)
+        running = tl.max(tl.where(offs_c < cidx, cum, 0.0), axis=0)  # mass of the chunks before it
+        base = logits_ptr + row * stride_row
+        offs = tl.arange(0, BLOCK)
+        first_hit = tl.full([BLOCK], BIG, tl.int32)
+        last_nz = tl.full([BLOCK], -1, tl.int32)
+        start = cidx * CHUNK
+        end = tl.minimum(start + CHUNK, V)
+        for b0 in range(start, end, BLOCK):
+            idx = b0 + offs
+            mask = idx < end
+            x = tl.load(base + idx, mask=mask, other=float("-inf")).to(tl.float32)
+            p = tl.exp(tl.math.div_rn(x, temperature) - M) * inv_s
+            wp = tl.where(p.to(tl.int32, bitcast=True) >= tau, p, 0.0)
+            cs = running + tl.cumsum(wp, axis=0)
+            first_hit = tl.minimum(first_hit, tl.where((cs > target) & mask, idx, BIG))
+            last_nz = tl.maximum(last_nz, tl.where(wp > 0, idx, -1))
+            running = tl.max(cs, axis=0)
+        token = tl.min(first_hit, axis=0)
+        token = tl.where(token == BIG, tl.maximum(tl.max(last_nz, axis=0), 0), token)
+        z_tok = tl.math.div_rn(tl.load(base + token).to(tl.float32), temperature)
+        tl.store(tok_ptr + row, token.to(tl.int64))
+        tl.store(lp_ptr + row, z_tok - M - tl.log(S))
+
+
+def sample_split_triton(logits, temperature, top_p, u, splits=None, block=None):
+    """Same contract as sample_ref, each row's work split over `splits` programs (default choose_sample_splits):
+    for small batches, where one program per row leaves most of the GPU idle. Launches, all with grids that
+    depend only on (B, V), so a CUDA graph can hold them: chunk stats (B, C); with top_p < 1 the threshold
+    search, SEARCH_PASSES + 1 launches (B, C) (each narrows [lo, hi) from the last one's partial masses, then
+    adds its own); chunk nucleus masses (B, C); the draw (B,). Greedy rows take the one-program kernel
+    (a single pass). The result equals sample_ref's as sample_triton's does (sums in another order)."""
+    _check_inputs(logits, temperature, top_p, u)
+    check_triton_device(logits, u)
+    B, V = logits.shape
+    if temperature == 0 or B == 0:
+        return sample_triton(logits, temperature, top_p, u, splits=1)  # greedy: one pass, one program per row
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    u = u.float().contiguous()
+    dev = logits.device
+    if splits is None:
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count if logits.is_cuda else DEFAULT_SMS
+        splits = choose_sample_splits(B, V, sms)
+    block = block or split_block(V, splits)
+    chunk, C = split_chunks(V, splits, block)
+    block_c = max(16, triton.next_power_of_2(C))
+    warps = 8 if block >= 1024 else 4
+    m_ws = torch.empty(B, C, dtype=torch.float32, device=dev)
+    s_ws = torch.empty_like(m_ws)
+    w_ws = torch.empty_like(m_ws)
+    lohi = torch.empty(B, SEARCH_PASSES + 1, 2, dtype=torch.int64, device=dev)
+    tokens = torch.empty(B, dtype=torch.int64, device=dev)
+    logprobs = torch.empty(B, dtype=torch.float32, device=dev)
+    T = float(temperature)
+    top = top_p < 1
+    _split_stats_kernel[(B, C)](logits, logits.stride(0), m_ws, s_ws, V, C, chunk, T, BLOCK=block, num_warps=warps)
+    if top:
+        mass_ws = torch.empty(2, B, C, NT, dtype=torch.float32, device=dev)
+        vmin_ws = torch.empty(2, B, C, dtype=torch.int32, device=dev)
+        vmax_ws = torch.empty_like(vmin_ws)
+        for p in range(SEARCH_PASSES + 1):
+            _split_search_kernel[(B, C)](logits, logits.stride(0), m_ws, s_ws, lohi, mass_ws, vmin_ws, vmax_ws,
+                                         V, C, chunk, p, SEARCH_PASSES, T, float(top_p), BLOCK=block,
+                                         BLOCK_C=block_c, NT=NT, ONE_BITS=ONE_BITS, num_warps=warps)
+    _split_mass_kernel[(B, C)](logits, logits.stride(0), m_ws, s_ws, lohi, w_ws, V, C, chunk, SEARCH_PASSES, T,
+                               TOP_P=top, BLOCK=block, BLOCK_C=block_c, num_warps=warps)
+    _split_draw_kernel[(B,)](logits, logits.stride(0), m_ws, s_ws, lohi, w_ws, u, tokens, logprobs, V, C, chunk,
+                             SEARCH_PASSES, T, TOP_P=top, BLOCK=block, BLOCK_C=block_c, num_warps=warps)
     return tokens, logprobs

@@ -1,8 +1,16 @@
 """Three AdamW steps on the tiny model, in one process or under torchrun (FSDP2); used by test_dist.py.
 
-    python tests/fsdp_steps.py OUT_DIR                                   # one process, whole batch
-    torchrun --standalone --nproc_per_node 2 tests/fsdp_steps.py OUT_DIR  # each rank half the batch
-Writes OUT_DIR/losses.json and a Hugging Face checkpoint OUT_DIR/ckpt (gathered on rank 0).
+    python tests/fsdp_steps.py OUT_DIR START                                   # one process, whole batch
+    torchrun --standalone --nproc_per_node 2 tests/fsdp_steps.py OUT_DIR START  # each rank half the batch
+    torchrun ... tests/fsdp_steps.py OUT_DIR START --torch211-hooks             # FSDP2 hooks as torch <= 2.12
+START: a saved model directory, loaded with dist.load_sharded (under torchrun: built on the meta device, each
+rank reading only its own shards). Writes OUT_DIR/losses.json and a Hugging Face checkpoint OUT_DIR/ckpt
+(gathered on rank 0).
+
+--torch211-hooks: torch <= 2.12 attached FSDP2's pre-backward hook (which re-gathers a module's freed weights
+before its backward) only to the tensors found by pytree-flattening the module's output; torch 2.13 walks
+dataclasses too. The flag puts the old collection back on a newer torch, so the 2-rank test sees what a
+torch 2.11 GPU machine would.
 """
 import json
 import os
@@ -15,10 +23,15 @@ import dist  # noqa: E402
 import model as M  # noqa: E402
 
 out_dir = sys.argv[1]
+if "--torch211-hooks" in sys.argv:
+    import torch.distributed.fsdp._fully_shard._fsdp_state as fsdp_state
+    import torch.utils._pytree as pytree
+    if hasattr(fsdp_state, "collect_grad_tensors"):  # newer torch; on torch <= 2.12 the old behaviour is native
+        fsdp_state.collect_grad_tensors = lambda output: tuple(
+            t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor) and t.requires_grad)
 rank, world, device = dist.init()
 torch.manual_seed(0)
-net, tok = M.load("tiny")
-net = dist.shard(net, param_dtype=None)  # fp32 compute so that one process and two agree to rounding
+net, tok = dist.load_sharded(sys.argv[2], torch.float32, device, param_dtype=None)  # fp32 compute: 1 and 2 agree
 opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.1)
 g = torch.Generator().manual_seed(1)
 batch = torch.randint(3, 99, (4, 24), generator=g)  # same 4 rows everywhere; each rank takes its share

@@ -1,5 +1,4 @@
 """Run the project's scripts as a user would (one process or torchrun with 2 ranks) and read their metrics."""
-import json
 import os
 import subprocess
 import sys
@@ -18,9 +17,11 @@ def run_script(script, args, torchrun=False, expect_rc=0, timeout=300):
 
 
 def read_metrics(out, key):
-    """OUT/metrics.jsonl -> ({key: training row}, {key: eval row}); a row logged twice (resume): the last wins."""
+    """OUT/metrics.jsonl -> ({key: training row}, {key: eval row}); a torn or bad line fails, naming file and line."""
+    import dist
+    rows, torn = dist.read_log(str(out / "metrics.jsonl"))  # a bad line: ValueError naming file and line
+    assert torn is None, f"{out / 'metrics.jsonl'}: torn last line {torn!r}"
     train, ev = {}, {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         (ev if "eval/accuracy" in row else train)[row[key]] = row
     return train, ev

@@ -48,7 +48,7 @@ def test_plot_curves(tmp_path):
     out = E.plot_curves(str(tmp_path))
     assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\n{oops\n')
+    (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1}\n{oops\n{"step": 2}\n')  # (a bad last line: torn)
     with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
         E.read_curves(str(tmp_path / "bad"))
 

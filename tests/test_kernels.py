@@ -334,7 +334,7 @@ def test_sample_triton_matches_ref(V, temperature, top_p):
     B = 64 if (CUDA or V < 2000) else 32  # the interpreter pays per program and per vocabulary block
     logits = logits_1[None, :].expand(B, V)  # one row seen B times (row stride 0): one draw per u
     u = torch.cat([torch.tensor(SPECIAL_U), torch.rand(B - len(SPECIAL_U), generator=gen(17))]).to(DEVICE)
-    tok, lp = sampling.sample_triton(logits, temperature, top_p, u)
+    tok, lp = sampling.sample_triton(logits, temperature, top_p, u, splits=1)  # one program per row
     ref_tok, ref_lp = sampling.sample_ref(logits, temperature, top_p, u)
     assert tok.dtype == torch.int64 and lp.dtype == torch.float32
     nucleus = reference_nucleus(logits_1.cpu(), temperature, top_p)
@@ -345,6 +345,66 @@ def test_sample_triton_matches_ref(V, temperature, top_p):
     torch.testing.assert_close(ref_lp, full.gather(-1, ref_tok[:, None]).squeeze(-1), rtol=1e-5, atol=1e-5)
     # u = 0 draws the first nucleus token (in vocabulary order)
     assert tok[0].item() == ref_tok[0].item() == int(nucleus.nonzero()[0])
+
+
+SPLIT_CASES = [  # (V, B, splits, block): odd vocabularies, chunks of a few blocks, a last chunk cut short
+    (1, 3, 2, None), (7, 4, 3, 2), (1000, 8, 5, None), (5003, 6, 3, None)] + \
+    ([(152064, 64, 5, None), (152064, 1, 64, None), (151936, 8, 33, None)] if CUDA else [])
+
+
+@needs_triton
+@pytest.mark.parametrize("V,B,splits,block", SPLIT_CASES)
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5)])
+def test_sample_split_matches_ref(V, B, splits, block, temperature, top_p):
+    """Each row's work split over several programs (small batches) against the reference, as above."""
+    chunk, C = sampling.split_chunks(V, splits, block or sampling.split_block(V, splits))
+    assert V == 1 or C > 1, "the case must really split the row"
+    logits = randn(B, V, seed=30 + V % 97, scale=2.5)
+    u = torch.cat([torch.tensor(SPECIAL_U), torch.rand(64, generator=gen(31))])[:B].to(DEVICE)
+    tok, lp = sampling.sample_split_triton(logits, temperature, top_p, u, splits=splits, block=block)
+    ref_tok, _ = sampling.sample_ref(logits, temperature, top_p, u)
+    ties = 0
+    for b in range(B):  # a different distribution per row
+        nucleus = reference_nucleus(logits[b].cpu(), temperature, top_p)
+        ties += check_tokens_match(logits[b:b + 1].cpu(), temperature, top_p, u[b:b + 1].cpu(), tok[b:b + 1].cpu(),
+                                   ref_tok[b:b + 1].cpu(), nucleus)
+    assert ties <= 1
+    full = torch.log_softmax(logits.float() / temperature, -1)
+    torch.testing.assert_close(lp, full.gather(-1, tok[:, None]).squeeze(-1), rtol=1e-5, atol=1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_sample_split_full_vocabulary_cheap(top_p):
+    """Qwen's 152,064-entry vocabulary over 8 programs, made cheap for the interpreter: three distinct logit
+    values (the threshold search ends after a pass or two) and one peak; u = 0 and u near 1 draw the first and
+    the last nucleus token, which sit in the first and the last chunk."""
+    V = 152064
+    logits = (torch.randint(0, 3, (1, V), generator=gen(32)) * 3.0)
+    logits[0, 77777] = 14.0
+    logits = logits.expand(3, V).to(DEVICE, DTYPE)
+    u = torch.tensor([0.0, 0.37, 1 - 2 ** -24], device=DEVICE)
+    tok, lp = sampling.sample_split_triton(logits, 1.0, top_p, u, splits=8)
+    ref_tok, _ = sampling.sample_ref(logits, 1.0, top_p, u)
+    nucleus = reference_nucleus(logits[0].cpu(), 1.0, top_p)
+    members = nucleus.nonzero().flatten()
+    assert int(tok[0]) == int(members[0]) and int(tok[2]) == int(members[-1])
+    assert check_tokens_match(logits.cpu(), 1.0, top_p, u.cpu(), tok.cpu(), ref_tok.cpu(), nucleus) == 0
+    full = torch.log_softmax(logits.float(), -1)
+    torch.testing.assert_close(lp, full.gather(-1, tok[:, None]).squeeze(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_choose_sample_splits_hand_computed():
+    assert sampling.choose_sample_splits(1, 152064) == 64  # min(264, 75, 64)
+    assert sampling.choose_sample_splits(8, 152064) == 33  # ceil(264 / 8)
+    assert sampling.choose_sample_splits(64, 152064) == 5  # ceil(264 / 64)
+    assert sampling.choose_sample_splits(132, 152064) == 1  # the batch fills the GPU
+    assert sampling.choose_sample_splits(1, 3000) == 2  # ceil(3000 / MIN_CHUNK)
+    assert sampling.choose_sample_splits(4, 7) == 1
+    assert sampling.split_chunks(152064, 64, 1024) == (3072, 50)  # ceil(2376 / 1024) blocks per chunk
+    assert sampling.split_chunks(7, 3, 2) == (4, 2)
+    assert sampling.split_block(152064, 64) == 1024 and sampling.split_block(1000, 5) == 256
+    assert sampling.split_block(7, 3) == 16
 
 
 def test_sample_ref_is_inverse_cdf():
@@ -373,10 +433,19 @@ def test_sample_greedy(impl):
     torch.testing.assert_close(lp, full[[0, 1], [7, 2049]], rtol=1e-5, atol=1e-5)
 
 
+def implementation(impl):
+    """ref: the torch reference; triton: one program per row; split: three programs per row."""
+    if impl == "ref":
+        return sampling.sample_ref
+    if impl == "triton":
+        return lambda *a: sampling.sample_triton(*a, splits=1)
+    return lambda *a: sampling.sample_split_triton(*a, splits=3, block=None if a[0].shape[-1] > 100 else 2)
+
+
 @needs_triton
-@pytest.mark.parametrize("impl", ["ref", "triton"])
+@pytest.mark.parametrize("impl", ["ref", "triton", "split"])
 def test_sample_ties_at_threshold_all_in_nucleus(impl):
-    fn = sampling.sample_ref if impl == "ref" else sampling.sample_triton
+    fn = implementation(impl)
     V = 1500
     logits = torch.full((V,), -20.0)
     logits[10], logits[1200] = 3.0, 2.0
@@ -395,8 +464,8 @@ def test_sample_triton_never_outside_nucleus():
     V, B = 777, (256 if CUDA else 48)
     logits = randn(B, V, seed=21, scale=4.0)  # a different distribution per row
     u = torch.rand(B, generator=gen(22)).to(DEVICE)
-    for temperature, top_p in ((1.0, 0.3), (0.6, 0.95)):
-        tok, _ = sampling.sample_triton(logits, temperature, top_p, u)
+    for temperature, top_p, splits in ((1.0, 0.3, 1), (0.6, 0.95, 1), (0.6, 0.95, 4)):
+        tok, _ = sampling.sample_triton(logits, temperature, top_p, u, splits=splits)
         for b in range(B):
             nucleus = reference_nucleus(logits[b].cpu(), temperature, top_p)
             assert nucleus[tok[b]], f"row {b}: token {int(tok[b])} outside the nucleus"
@@ -421,15 +490,15 @@ def chi_square_draws(fn, n, temperature, top_p):
     return counts, ((counts[CHI2_NUCLEUS] - expected) ** 2 / expected).sum().item()
 
 
-@pytest.mark.parametrize("impl", ["ref", "triton"])
+@pytest.mark.parametrize("impl", ["ref", "triton", "split"])
 def test_sample_chi_square(impl):
     """A correct sampler fails this test with probability 1e-6 over the choice of seed; with the fixed seed the
     outcome is deterministic. N = 200 under the CPU interpreter (slow; expected counts are still >= 15, enough for
     the chi-square approximation), 4000 elsewhere."""
-    if impl == "triton" and not TRITON_RUNS:
+    if impl != "ref" and not TRITON_RUNS:
         pytest.skip("Triton cannot run here")
-    fn = sampling.sample_ref if impl == "ref" else sampling.sample_triton
-    n = 200 if (impl == "triton" and not CUDA) else 4000
+    fn = implementation(impl)
+    n = 200 if (impl != "ref" and not CUDA) else 4000
     counts, chi2 = chi_square_draws(fn, n, 0.8, 0.9)
     assert counts.sum() == n and counts[[1, 3, 5, 7]].sum() == 0, "drew a token outside the nucleus"
     assert chi2 < CHI2_CRITICAL_DF3, f"chi-square {chi2:.1f} with counts {counts.tolist()}"

@@ -38,12 +38,12 @@ def make_hf(tmp_path, arch, tied, seed=0):
     return hf, d
 
 
-def left_padded_batch(vocab=99, seed=1):
+def right_padded_batch(vocab=99, seed=1):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (3, 11), generator=g)
     mask = torch.ones_like(ids)
-    mask[0, :4] = 0  # row 0: 4 pads on the left
-    mask[2, :1] = 0
+    mask[0, 7:] = 0  # row 0: 4 pads on the right
+    mask[2, 10:] = 0
     ids[mask == 0] = 0
     return ids, mask
 
@@ -52,21 +52,40 @@ CASES = [("qwen2", True), ("qwen2", False), ("llama", False)]
 
 
 @pytest.mark.parametrize("arch,tied", CASES)
-def test_logits_match_transformers_left_padded(tmp_path, arch, tied):
+def test_logits_match_transformers_right_padded(tmp_path, arch, tied):
     hf, d = make_hf(tmp_path, arch, tied)
     ours, tok = M.load(d)
     assert ours.cfg.arch == arch and ours.cfg.tie_word_embeddings == tied
-    ids, mask = left_padded_batch()
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask = right_padded_batch()
     with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        got = ours(ids, attention_mask=mask, return_logits=True).logits
+        ref = hf(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, return_logits=True).logits  # no mask: right padding cannot reach the real tokens
     real = mask.bool()
     assert (got[real] - ref[real]).abs().max() < 1e-4
-    # unpadded rows take the plain causal path (no mask tensor): also equal
+    with torch.no_grad():  # each row alone, unpadded: the same logits
+        for b in range(3):
+            n = int(mask[b].sum())
+            alone = ours(ids[b:b + 1, :n], return_logits=True).logits[0]
+            assert (alone - got[b, :n]).abs().max() < 1e-5
+
+
+def test_padded_forward_builds_no_mask_and_refuses_left_padding(monkeypatch):
+    """A (B, 1, T, T) mask forces SDPA's math path (~30 GB per row per layer at 16K tokens): the training and
+    scoring forwards must call attention causally with no mask, padded batch or not."""
+    m, _ = M.load("tiny")
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kw):
+        calls.append((attn_mask, is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    ids, mask = right_padded_batch(vocab=99)
     with torch.no_grad():
-        got1 = ours(ids[1:2], return_logits=True).logits
-    assert (got1 - ref[1:2]).abs().max() < 1e-4
+        m(ids, attention_mask=mask, labels=ids, return_values=False)
+    assert calls and all(am is None and causal for am, causal in calls)
+    with pytest.raises(ValueError, match="left padding"):
+        m(ids, attention_mask=mask.flip(1), labels=ids)
 
 
 def test_llama3_rope_scaling_changes_frequencies():
@@ -87,12 +106,11 @@ def test_save_load_round_trip_through_transformers(tmp_path, arch, tied):
     M.save(ours, tok, out)
     back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     ours2, tok2 = M.load(out)
-    ids, mask = left_padded_batch()
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask = right_padded_batch()
     with torch.no_grad():
-        a = ours(ids, attention_mask=mask, return_logits=True).logits
-        b = back(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        c = ours2(ids, attention_mask=mask, return_logits=True).logits
+        a = ours(ids, return_logits=True).logits
+        b = back(input_ids=ids, attention_mask=mask).logits
+        c = ours2(ids, return_logits=True).logits
     real = mask.bool()
     assert (a[real] - b[real]).abs().max() < 1e-4
     assert torch.equal(a, c)
@@ -146,9 +164,9 @@ def test_chunked_logprobs_equal_naive_log_softmax(temperature):
 
 def test_model_logprobs_equal_full_logits():
     m, tok = M.load("tiny")
-    ids, mask = left_padded_batch(vocab=99)
+    ids, mask = right_padded_batch(vocab=99)
     labels = torch.roll(ids, -1, 1)
-    out = m(ids, attention_mask=mask, labels=labels, temperature=0.7, return_logits=True)
+    out = m(ids, labels=labels, temperature=0.7, return_logits=True)
     naive = F.log_softmax(out.logits.float() / 0.7, -1).gather(-1, labels[..., None]).squeeze(-1)
     assert torch.allclose(out.logprobs, naive, atol=1e-5)
     assert out.entropy.shape == (3, 11) and (out.entropy > 0).all()
@@ -156,13 +174,13 @@ def test_model_logprobs_equal_full_logits():
 
 def test_gradient_checkpointing_same_gradients():
     m, tok = M.load("tiny")
-    ids, mask = left_padded_batch(vocab=99)
+    ids, mask = right_padded_batch(vocab=99)
     labels = torch.roll(ids, -1, 1)
     grads = []
     for flag in (False, True):
         m.zero_grad()
         m.gradient_checkpointing = flag
-        m(ids, attention_mask=mask, labels=labels).logprobs.sum().backward()
+        m(ids, labels=labels).logprobs.sum().backward()
         grads.append([p.grad.clone() for p in m.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)

@@ -10,11 +10,13 @@ import math
 import os
 import re
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+import dist
 import model as M
 from scripts import read_metrics, run_script
 import ppo
@@ -111,14 +113,15 @@ def test_masks_at_eos_and_truncation_and_zero_on_padding():
 # ----------------------------------------------------------------------------------------------------
 def test_kl_penalty_k1_k3():
     logp, ref = torch.log(t([0.5, 0.25])), torch.log(t([0.25, 0.5]))
-    k1 = ppo.kl_penalty(logp, ref, "k1")
-    k3 = ppo.kl_penalty(logp, ref, "k3")
+    one = torch.ones(2)
+    k1 = ppo.kl_penalty(logp, ref, one, "k1")
+    k3 = ppo.kl_penalty(logp, ref, one, "k3")
     ln2 = math.log(2)
     assert torch.allclose(k1, t([ln2, -ln2]))
     assert torch.allclose(k3, t([0.5 - 1 + ln2, 2 - 1 - ln2]))  # exp(-d) - 1 + d, d = logp - ref
-    assert ppo.kl_penalty(logp, logp, "k3").abs().max() == 0
+    assert ppo.kl_penalty(logp, logp, one, "k3").abs().max() == 0
     with pytest.raises(ValueError, match="k2"):
-        ppo.kl_penalty(logp, ref, "k2")
+        ppo.kl_penalty(logp, ref, one, "k2")
 
 
 def test_policy_loss_clipping_by_hand():
@@ -129,7 +132,7 @@ def test_policy_loss_clipping_by_hand():
     mask = t([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     old = t([[-1.0, -2.0, -0.5], [-3.0, -1.5, -1.0]])
     logp = (old + torch.log(ratio)).requires_grad_()
-    loss, m = ppo.policy_loss(logp, old, adv, mask, clip=0.2, n_tokens=10)
+    loss, m = ppo.policy_loss(logp, old, adv, mask, 0.2, "token-mean", 10)
     assert loss.item() == pytest.approx(-(1.1 + 1.2 + 0.5 - 0.8 - 1.5) / 10, abs=1e-6)
     assert m["clip_frac_sum"] == 4  # |ratio - 1| > 0.2 on 4 of the 5 real tokens
     kl = lambda r: (r - 1) - math.log(r)  # noqa: E731
@@ -144,12 +147,47 @@ def test_value_loss_clipped_and_unclipped_branches():
     values = t([[0.5, 0.1, 0.5, 4.0]]).requires_grad_()
     returns = t([[1.0, 1.0, 0.0, 9.0]])
     mask = t([[1.0, 1.0, 1.0, 0.0]])
-    loss, _ = ppo.value_loss(values, old, returns, mask, clip=0.2, n_tokens=3)
+    loss, _ = ppo.value_loss(values, old, returns, mask, 0.2, "token-mean", 3)
     # token 0: unclipped (0.5-1)^2 = 0.25, clipped (0.2-1)^2 = 0.64 -> 0.64 (clipped branch)
     # token 1: inside the clip range, both 0.81; token 2: unclipped 0.25 > clipped 0.04 -> 0.25
     assert loss.item() == pytest.approx(0.5 * (0.64 + 0.81 + 0.25) / 3)
     loss.backward()
     assert torch.allclose(values.grad, t([[0.0, (0.1 - 1.0) / 3, 0.5 / 3, 0.0]]))  # clipped branch: no gradient
+
+
+def test_loss_aggregation_by_hand():
+    """token-mean: every token weighs 1/(all tokens); seq-mean-token-mean (the authors'): every response weighs
+    1/(all responses) and its tokens share that, so a short response's token weighs more."""
+    x = t([[1.0, 2.0, 3.0, 4.0], [10.0, 99.0, 99.0, 99.0]])  # row 0: 4 tokens; row 1: 1 token, then padding
+    mask = t([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    assert ppo.aggregate(x, mask, "token-mean", 5).item() == pytest.approx((1 + 2 + 3 + 4 + 10) / 5)
+    assert ppo.aggregate(x, mask, "seq-mean-token-mean", 2).item() == pytest.approx((10 / 4 + 10 / 1) / 2)
+    # a micro-batch is a share of the minibatch: its denominator is the whole minibatch's count (here 4 rows)
+    assert ppo.aggregate(x, mask, "seq-mean-token-mean", 4).item() == pytest.approx((2.5 + 10) / 4)
+    assert ppo.aggregate(x, torch.zeros(2, 4), "seq-mean-token-mean", 4).item() == 0  # a dummy micro-batch
+    with pytest.raises(ValueError, match="aggregation"):
+        ppo.aggregate(x, mask, "sum", 1)
+    # the gradient a token gets: 1/4 of row 0's share vs all of row 1's
+    logp = torch.zeros(2, 4, requires_grad=True)
+    loss, _ = ppo.policy_loss(logp, torch.zeros(2, 4), torch.ones(2, 4), mask, 0.2, "seq-mean-token-mean", 2)
+    assert loss.item() == pytest.approx(-1.0)
+    loss.backward()
+    assert torch.allclose(logp.grad, t([[-0.125] * 4, [-0.5, 0, 0, 0]]))
+    values = torch.zeros(2, 4, requires_grad=True)
+    vl, _ = ppo.value_loss(values, torch.zeros(2, 4), x, mask, 100.0, "seq-mean-token-mean", 2)
+    assert vl.item() == pytest.approx(0.5 * ((1 + 4 + 9 + 16) / 4 + 100) / 2)
+
+
+def test_shape_rewards_clips_then_splits_kl_over_types_by_hand():
+    """(B, T, K) = (1, 3, 2): each type clipped to [-10, 10], then -beta * KL / K added to both types, so with
+    gammas (1, 0.99) half the KL is discounted with each (the authors' models/utils.py:50-77)."""
+    raw = t([[[0.0, -0.05], [0.0, 0.0], [-12.0, -0.05]]])
+    kl = t([[0.4, -0.2, 1.0]])
+    got = ppo.shape_rewards(raw, kl, kl_coef=0.5, clip=10.0)
+    want = t([[[-0.1, -0.15], [0.05, 0.05], [-10.25, -0.3]]])
+    assert torch.allclose(got, want), got
+    one = ppo.shape_rewards(raw[..., :1], kl, kl_coef=0.5, clip=10.0)  # one type: all of it there
+    assert torch.allclose(one[..., 0], t([[-0.2, 0.1, -10.5]]))
 
 
 def test_masked_whiten():
@@ -201,20 +239,45 @@ def test_micro_batches_token_and_row_budget():
 
 
 def test_build_sequences_layout_and_response_alignment():
-    ids, attn, P = ppo.build_sequences([[1, 2], [3]], [[4, 5, 6], [7]], pad_id=0)
-    assert P == 2
-    assert ids.tolist() == [[1, 2, 4, 5, 6], [0, 3, 7, 0, 0]]  # prompts left-padded, responses right-padded
-    assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 0, 0]]
-    # response token j of every row sits at column P + j; forward_response returns it at index j
-    def stub(ids, attention_mask, labels, temperature, return_values):  # scores = the labels, values = -ids
+    ids, starts = ppo.build_sequences([[1, 2], [3]], [[4, 5, 6], [7]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 4, 5, 6], [3, 7, 0, 0, 0]]  # prompt then response from column 0, right-padded
+    assert starts.tolist() == [2, 1]
+    # response token j of row b sits at column starts[b] + j; forward_response returns it at index j
+    def stub(ids, labels, temperature, return_values):  # scores = the labels, values = -ids
         if return_values:
             return SimpleNamespace(values=-ids.float())
         return SimpleNamespace(logprobs=labels.float(), entropy=torch.zeros(labels.shape))
 
-    lp, _ = ppo.forward_response(stub, ids, attn, P, 3, 1.0)
-    assert lp.tolist() == [[4, 5, 6], [7, 0, 0]]  # the label scored at response index j is the j-th token
-    v = ppo.forward_response(stub, ids, attn, P, 3, 1.0, values=True)
-    assert v.tolist() == [[-2, -4, -5], [-3, -7, 0]]  # value of the state before each response token
+    lp, _ = ppo.forward_response(stub, ids, starts, 3, 1.0)
+    assert lp[0].tolist() == [4, 5, 6] and lp[1, 0] == 7  # the label scored at response index j is token j
+    v = ppo.forward_response(stub, ids, starts, 3, 1.0, values=True)
+    assert v[0].tolist() == [-2, -4, -5] and v[1, 0] == -3  # value of the state before each response token
+
+
+def test_trim_cuts_each_micro_batch_to_its_own_width():
+    """A micro-batch of short rows must not run at the rollout's widest row (4 x 100 tokens, not 4 x 16K)."""
+    prompts, responses = [[1] * 5, [2] * 3, [3] * 4], [[4] * 100, [5] * 2, [6] * 3]
+    ids, starts = ppo.build_sequences(prompts, responses, pad_id=0)
+    assert ids.shape == (3, 105)
+    x, st, r = ppo.trim(ids, starts, [100, 2, 3], [1, 2], "cpu")
+    assert x.shape == (2, 7) and r == 3 and st.tolist() == [3, 4]  # widest of the two: 4 + 3
+    assert x.tolist() == [[2, 2, 2, 5, 5, 0, 0], [3, 3, 3, 3, 6, 6, 6]]
+    net, _ = M.load("tiny")
+    with torch.no_grad():  # the trimmed forward scores the same tokens as the full-width one
+        full, _ = ppo.forward_response(net, ids[1:], starts[1:], 3, 1.0, dtype=torch.float32)
+        cut, _ = ppo.forward_response(net, x, st, r, 1.0, dtype=torch.float32)
+    assert torch.allclose(full[0, :2], cut[0, :2], atol=1e-5) and torch.allclose(full[1], cut[1], atol=1e-5)
+
+
+def test_kl_penalty_masks_before_exp():
+    """k3 takes exp(-log_ratio): a padded entry with a huge log-ratio must not turn into inf x 0 = NaN."""
+    logp = torch.tensor([[-1.0, -2.0, -200.0]])
+    ref = torch.tensor([[-1.5, -2.0, 0.0]])  # the padded third entry: log-ratio -200, exp(200) = inf in fp32
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    k3 = ppo.kl_penalty(logp, ref, mask, "k3")
+    assert torch.isfinite(k3).all() and k3[0, 2] == 0
+    assert k3[0, 0].item() == pytest.approx(math.exp(-0.5) - 1 + 0.5) and k3[0, 1] == 0
+    assert ppo.kl_penalty(logp, ref, mask, "k1").tolist() == [[0.5, 0.0, 0.0]]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -222,7 +285,7 @@ def test_build_sequences_layout_and_response_alignment():
 # ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sft_start(tmp_path_factory):
-    """A 3-step classroom SFT run (sft.main in process writes checkpoint/ and done.json)."""
+    """A 3-step classroom SFT run (sft.main in process writes checkpoint-3/ and done.json)."""
     out = tmp_path_factory.mktemp("sft")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -231,7 +294,7 @@ def sft_start(tmp_path_factory):
                   "--micro-batch-size", "8", "--n-eval", "4", "--eval-max-new-tokens", "8"])
     finally:
         torch.set_num_threads(n)
-    assert (out / "done.json").exists() and (out / "checkpoint" / "model.safetensors").exists()
+    assert (out / "done.json").exists() and (newest(out) / "model.safetensors").exists()
     return out
 
 
@@ -245,6 +308,11 @@ def metrics(out):
 
 def weights(path):
     return M.load(str(path))[0].state_dict()
+
+
+def newest(out):
+    """OUT/checkpoint-N, the newest complete checkpoint of a run."""
+    return Path(dist.latest_checkpoint(str(out)))
 
 
 @pytest.fixture(scope="module")
@@ -265,12 +333,12 @@ def test_one_iteration_smoke(run_a, sft_start):
         assert 1 <= row["response_length"] <= 12 and 0 <= row["truncation_rate"] <= 1 and row["entropy"] > 0
     assert train[1]["kl"] == 0.0  # the first rollout comes from the reference weights themselves
     assert ev[2]["eval/n"] == 4
-    last = stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"held-out accuracy \d\.\d\d -> \d\.\d\d \(n=\d+\)", last), last
-    start, policy = weights(sft_start / "checkpoint"), weights(out / "checkpoint" / "policy")
+    final = stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"held-out accuracy \d\.\d\d -> \d\.\d\d \(n=\d+\)", final), final
+    start, policy = weights(newest(sft_start)), weights(newest(out) / "policy")
     changed = [k for k in start if not torch.equal(start[k], policy[k])]
     assert "model.embed_tokens.weight" in changed and len(changed) > len(start) // 2, changed
-    critic, _ = M.load(str(out / "checkpoint" / "critic"), value_head=True)
+    critic, _ = M.load(str(newest(out) / "critic"), value_head=True)
     assert critic.value_head.weight.abs().sum() > 0  # the zero-initialised value head was trained
 
 
@@ -287,7 +355,7 @@ def test_two_ranks_match_one_process(run_a, sft_start, tmp_path):
     for it in e1:  # evaluate() keys its samples globally: the same held-out answers
         for k, v in e1[it].items():
             assert e2[it][k] == pytest.approx(v, rel=1e-4, abs=1e-6), (it, k)
-    w1, w2 = weights(one / "checkpoint" / "policy"), weights(two / "checkpoint" / "policy")
+    w1, w2 = weights(newest(one) / "policy"), weights(newest(two) / "policy")
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
 
@@ -299,9 +367,10 @@ def test_kill_and_resume_matches_uninterrupted(run_a, sft_start, tmp_path):
     run(args + ["--kill-at-step", "2"], expect_rc=-signal.SIGKILL)  # killed after iteration 2, before its save
     assert max(metrics(b)[0]) == 2
     stdout = run(args)
-    assert "resumed from" in stdout and "at iteration 1" in stdout
+    assert f"resumed from {b / 'checkpoint-1'} at iteration 1" in stdout
     rows = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in rows if "reward" in r] == [1, 2, 2]
+    assert [r["iteration"] for r in rows if "reward" in r] == [1, 2]  # iteration 2's first row was dropped
+    assert [r["iteration"] for r in rows if "eval/accuracy" in r] == [0, 1, 2]
     ta, ea = metrics(a)
     tb, eb = metrics(b)
     for it in (1, 2):
@@ -310,7 +379,7 @@ def test_kill_and_resume_matches_uninterrupted(run_a, sft_start, tmp_path):
                 assert tb[it][k] == pytest.approx(v, rel=1e-6, abs=1e-9), (it, k)
     assert eb[2] == ea[2]
     for name in ("policy", "critic"):
-        wa, wb = weights(a / "checkpoint" / name), weights(b / "checkpoint" / name)
+        wa, wb = weights(newest(a) / name), weights(newest(b) / name)
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
 
 
@@ -345,8 +414,50 @@ def test_non_finite_loss_stops_before_the_optimizer_step(which, sft_start, tmp_p
     finally:
         torch.set_num_threads(n)
     assert calls["n"] == 2 and steps["n"] == 0  # stopped inside the first minibatch, before any optimizer step
-    assert not (tmp_path / "run" / "checkpoint").exists()
-    start = weights(sft_start / "checkpoint")
+    assert dist.latest_checkpoint(str(tmp_path / "run")) is None
+    start = weights(newest(sft_start))
     policy, critic = models[0].state_dict(), models[1].state_dict()
     for k in start:  # the weights in memory are the start weights, finite
         assert torch.equal(policy[k], start[k]) and torch.equal(critic[k], start[k]), k
+
+
+# ----------------------------------------------------------------------------------------------------
+# Wiring: behaviour of the loop as a whole (each test was checked against the mutation it names)
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_w(sft_start, tmp_path_factory):
+    """3 iterations, one optimizer step each (the whole rollout is one minibatch, one epoch), sampling at 0.7,
+    a large KL coefficient and a fast critic: what the loop must do is then visible in its logged metrics."""
+    out = tmp_path_factory.mktemp("ppo_w")
+    run(FLAGS + ["--sft-out", str(sft_start), "--out", str(out), "--iterations", "3", "--ppo-epochs", "1",
+                 "--train-batch", "8", "--temperature", "0.7", "--kl-coef", "0.5", "--actor-lr", "1e-3",
+                 "--critic-lr", "5e-2", "--eval-every", "3", "--save-every", "3"])
+    return metrics(out)[0]
+
+
+def test_loop_takes_every_log_prob_at_the_sampling_temperature(run_w):
+    """Sampler, scoring forward and training forward must all use the sampling temperature. With one optimizer
+    step per rollout the training forward runs before any update, so the ratio must be exactly 1 (no clipping,
+    approx KL 0), and the scoring forward must reproduce the sampler's own log-probs. Caught mutations: the
+    training forward at temperature 1 (approx_kl ~1e-2, clip_frac > 0), the scoring forward at 1 (gap ~0.3)."""
+    for it, row in run_w.items():
+        assert row["clip_frac"] == 0 and abs(row["approx_kl"]) < 1e-6, (it, row["clip_frac"], row["approx_kl"])
+        assert row["logprob_gap"] < 1e-4, (it, row["logprob_gap"])
+
+
+def test_loop_subtracts_the_kl_penalty_from_the_rewards(run_w):
+    """The KL term in the rewards the advantages are computed from is -beta * KL per token: over a response,
+    -beta x (mean KL per token) x (mean length). Caught mutation: the sign flipped in the loop (+beta)."""
+    later = [row for it, row in run_w.items() if it > 1]
+    assert run_w[1]["kl"] == 0 and all(row["kl"] != 0 for row in later)  # the first rollout is the reference's
+    for row in later:
+        want = -0.5 * row["kl"] * row["response_length"]
+        assert row["reward_kl"] == pytest.approx(want, rel=1e-3, abs=1e-9), (row["reward_kl"], want)
+
+
+def test_loop_trains_the_critic_towards_the_returns(run_w):
+    """The critic's values (zero at the start) must move towards the returns. Caught mutation: the value loss
+    regressing on the (whitened, mean-zero) advantages instead of the returns: the values stay near 0."""
+    gap = [abs(run_w[it]["value_mean"] - run_w[it]["return_mean"]) for it in (1, 2, 3)]
+    assert run_w[1]["value_mean"] == 0 and gap[0] > 1.0, gap  # a zero head; returns of mostly wrong answers
+    assert gap[2] < 0.5 * gap[0], gap

@@ -137,6 +137,13 @@ def test_reward_tensor_k1_classic_and_sparse():
     assert r[1, :, 0].tolist() == [0, -0.5, 0, 0]                   # wrong: 0 + 0.25 * -2
     with pytest.raises(ValueError, match="texts"):
         reward_tensor([True, False], [3, 2], ids, [False, False], cfg)
+    # a wrong answer that hit the limit gets the exceed reward only, no sparse penalty on top (authors'
+    # reward/cosine.py:70-73); cosine exceed -10
+    cos = RewardConfig(kind="cosine", max_len=4, rep_penalty=0.0, sparse_rep_n=2, sparse_rep_max_penalty=-2.0)
+    r, _, _ = reward_tensor([False, False], [4, 2], torch.tensor([[1, 2, 3, 4], [1, 2, 0, 0]]), [True, False],
+                            cos, texts=texts)
+    assert r[0, 3, 0].item() == -10.0
+    assert r[1, 1, 0].item() == pytest.approx(-5.0 - 0.5)  # not exceeded: cos_fn(2, 4, -10, 0) = -5, plus -0.5
 
 
 def test_reward_tensor_bad_input():

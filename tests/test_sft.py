@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import dist
 import model as M
 from scripts import read_metrics, run_script
 import sft
@@ -30,6 +31,11 @@ def run(args, torchrun=False, expect_rc=0):
 
 def metrics(out):
     return read_metrics(out, "step")
+
+
+def newest(out):
+    """OUT/checkpoint-N, the newest complete checkpoint of a run."""
+    return dist.latest_checkpoint(str(out))
 
 
 def assert_same_weights(dir_a, dir_b, atol=0.0):
@@ -60,9 +66,8 @@ def one_thread():
 # ----------------------------------------------------------------------------------------------------
 def test_collate_masks_response_tokens_only():
     # example 0: prompt [1, 2], response [3, 4, 5]; example 1: prompt [6, 7], response [8]; pad id 0
-    ids, attn, labels, mask = sft.collate([([1, 2, 3, 4, 5], 2), ([6, 7, 8], 2)], pad_id=0, device="cpu")
+    ids, labels, mask = sft.collate([([1, 2, 3, 4, 5], 2), ([6, 7, 8], 2)], pad_id=0, device="cpu")
     assert ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 0, 0]]
-    assert attn.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert labels[:, :4].tolist() == [[2, 3, 4, 5], [7, 8, 0, 0]]  # labels[t] = ids[t + 1]
     # position t is in the loss when it predicts a response token: 1..3 (-> 3, 4, 5) and 1 (-> 8)
     assert mask.tolist() == [[0, 1, 1, 1, 0], [0, 1, 0, 0, 0]]
@@ -71,9 +76,9 @@ def test_collate_masks_response_tokens_only():
 
 def test_sft_loss_is_response_nll_over_step_tokens():
     lp = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]])  # (B, T) log-probs a stub model returns
-    stub = lambda ids, attention_mask, labels: SimpleNamespace(logprobs=lp)  # noqa: E731
+    stub = lambda ids, labels: SimpleNamespace(logprobs=lp)  # noqa: E731
     mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
-    loss, m = sft.sft_loss(stub, None, None, None, mask, n_tokens=10)
+    loss, m = sft.sft_loss(stub, None, None, mask, n_tokens=10)
     assert loss.item() == pytest.approx((2 + 3 + 5) / 10)
     assert m == {"nll_sum": pytest.approx(10.0), "tokens": 3.0}
 
@@ -119,7 +124,9 @@ def test_loss_falls_and_summary_line(run_a):
     assert json.loads((out / "done.json").read_text())["n"] == 4
     last = stdout.strip().splitlines()[-1]
     assert re.match(r"held-out accuracy \d\.\d\d \(n=\d+\)", last), last
-    M.load(str(out / "checkpoint"))  # the checkpoint loads as a model
+    assert newest(out) == str(out / "checkpoint-6")  # saved at 2, 4, 6; only the last one is kept (--keep-checkpoints 1)
+    assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint-6"]
+    M.load(newest(out))  # the checkpoint loads as a model
 
 
 def test_two_ranks_match_one_process(run_a, tmp_path):
@@ -135,7 +142,7 @@ def test_two_ranks_match_one_process(run_a, tmp_path):
     for s in e1:  # the same held-out samples: evaluate() keys them globally
         for k in ("eval/accuracy", "eval/mean_length", "eval/n"):
             assert e2[s][k] == pytest.approx(e1[s][k]), (s, k)
-    assert_same_weights(one / "checkpoint", two / "checkpoint", atol=1e-5)
+    assert_same_weights(newest(one), newest(two), atol=1e-5)
 
 
 def test_kill_and_resume_matches_uninterrupted(run_a, tmp_path):
@@ -144,17 +151,47 @@ def test_kill_and_resume_matches_uninterrupted(run_a, tmp_path):
     run(FLAGS + ["--out", str(b), "--kill-at-step", "5"], expect_rc=-signal.SIGKILL)
     killed, _ = metrics(b)
     assert max(killed) == 5  # killed right after step 5; the last checkpoint is step 4's
+    with open(b / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "loss": 3.6')  # as if killed while writing step 6's row
     stdout = run(FLAGS + ["--out", str(b)])
-    assert "resumed from" in stdout and "at step 4" in stdout
+    assert f"resumed from {b / 'checkpoint-4'} at step 4" in stdout
+    assert "dropped a torn last line" in stdout
+    assert "dropped 1 row logged after the checkpoint at step 4" in stdout  # step 5's row: step 5 runs again
     lines = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 5, 6]  # step 5 done twice
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]  # no step logged twice
     ta, ea = metrics(a)
     tb, eb = metrics(b)
     for s in range(1, 7):
         for k in ("loss", "lr", "grad_norm", "epoch"):
             assert tb[s][k] == pytest.approx(ta[s][k], rel=1e-6, abs=1e-9), (s, k)
     assert eb[6]["eval/accuracy"] == ea[6]["eval/accuracy"] and eb[6]["eval/mean_length"] == ea[6]["eval/mean_length"]
-    assert_same_weights(a / "checkpoint", b / "checkpoint", atol=1e-6)
+    assert_same_weights(newest(a), newest(b), atol=1e-6)
+
+
+def test_two_ranks_killed_inside_a_save_resume_from_the_previous_checkpoint(run_a, tmp_path, monkeypatch):
+    """Both ranks SIGKILLed right after writing their shards of checkpoint 4 (before its marker): the next start
+    resumes from checkpoint 2 with the sharded trainer state (each rank reads its own half) and ends equal to one
+    uninterrupted process."""
+    a, _ = run_a
+    b = tmp_path / "b"
+    monkeypatch.setenv("LONGCOT_CRASH_AT", "trainer:4")
+    run(FLAGS + ["--out", str(b)], torchrun=True, expect_rc=1)  # torchrun reports its killed workers with 1
+    monkeypatch.delenv("LONGCOT_CRASH_AT")
+    assert not (b / "checkpoint-4" / "complete.json").exists()  # its shards are written, its marker is not
+    assert dist.latest_checkpoint(str(b)) == str(b / "checkpoint-2")
+    from torch.distributed.checkpoint import FileSystemReader
+    md = FileSystemReader(str(b / "checkpoint-2" / "trainer")).read_metadata().state_dict_metadata
+    big = {k: len(v.chunks) for k, v in md.items() if hasattr(v, "chunks") and v.size.numel() > 1}
+    assert len(big) > 100 and set(big.values()) == {2}, big  # weights, Adam moments: a shard from each rank
+    stdout = run(FLAGS + ["--out", str(b)], torchrun=True)
+    assert f"resumed from {b / 'checkpoint-2'} at step 2" in stdout
+    ta, tb = metrics(a)[0], metrics(b)[0]
+    lines = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    for s in range(1, 7):
+        assert tb[s]["loss"] == pytest.approx(ta[s]["loss"], abs=1e-5), s
+    assert sorted(p.name for p in b.glob("checkpoint*")) == ["checkpoint-6"]
+    assert_same_weights(newest(a), newest(b), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 import verify
 from verify import Grade, extract_answer, grade, grade_batch, is_correct
+from verify_cases import CASES as LABELLED, CASES_BY_CATEGORY, PATHOLOGICAL as PATHOLOGICAL_14
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -75,7 +76,7 @@ CASES = [
     (B(r"\frac{270}{7}^\circ"), r"\frac{270}7\text{ degrees}", "math", True),
     (B(r"50\%"), "50", "math", True),
     (B("10%"), r"10\%", "math", True),
-    (B("0.1"), r"10\%", "math", True),
+    (B("0.1"), r"10\%", "math", False),  # issue 14, convention 6: the scale is not optional
     (B(r"\$18.90"), "18.90", "math", True),
     (B("18.9"), r"\$18.90", "math", True),
     (B(r"\$32,\!348"), "32348", "math", True),
@@ -352,6 +353,27 @@ def test_cases(text, gold, kind, expected):
     assert is_correct(text, gold, kind) is expected
 
 
+def test_labelled_cases_cover_every_category_both_ways():
+    """issue 14: >= 200 cases, about half wrong forms, each category with right and wrong forms."""
+    assert len(LABELLED) >= 200
+    assert 0.4 <= sum(not c[2] for c in LABELLED) / len(LABELLED) <= 0.6
+    for cat, rows in CASES_BY_CATEGORY.items():
+        assert {e for _, _, e in rows} == {True, False} or cat == "no answer", cat
+
+
+@pytest.mark.parametrize("text,gold,expected,category", LABELLED)
+def test_labelled_cases(text, gold, expected, category):
+    g = grade(text, gold)
+    assert g.correct is expected, (category, g)
+
+
+def test_unordered_lists_use_each_gold_element_once():
+    for ans, gold in [("1, 2", "1, 1"), ("1, 1", "1, 2"), ("2, 2, 1", "1, 2, 1"), (r"\{1, 2\}", r"\{1, 1\}"),
+                      ("(1,2),(1,2)", "(1,2),(2,1)")]:
+        assert not is_correct(B(ans), gold) and not is_correct(B(gold), ans), (ans, gold)
+    assert is_correct(B("1, 2, 1"), "1, 1, 2")
+
+
 @pytest.mark.parametrize("kind", ["float", "integer", "bool", "list of integer", "list of float", "option"])
 def test_theoremqa_kind_names_are_accepted(kind):
     assert grade(B("x"), "1", kind).reason != f"unknown kind {kind!r}"
@@ -383,8 +405,16 @@ def test_bad_input_is_not_correct_and_never_raises():
     ("Answer: (B)", "(B)"),
     ("the answer is 1. But wait, the answer is 2.", "2"),
     (r"We get $a = 1$ and finally $\frac{3}{4}$.", r"\frac{3}{4}"),
-    (r"costs \$5 and then $y=7$ done", "y=7"),
-    ("display math \\[ x^2 \\] end", "x^2"),
+    (r"costs \$5 and then $y=7$, done.", "y=7"),
+    ("display math \\[ x^2 \\] end.", "x^2"),
+    ("we get $y=7$ and then we need to", None),  # cut off: a $...$ that does not end the text is no answer
+    (r"first \boxed{1}, \boxed{2} joined", "1, 2"),
+    (r"$\boxed{1}$ and $\boxed{-1}$", "1, -1"),
+    (r"\boxed{1} so \boxed{2}", "2"),
+    (r"\boxed{1}. The final answer is 2.", "2"),
+    (r"\boxed{5}. I hope the answer is correct.", "5"),
+    ("<think>\\boxed{1}</think> The answer is 2", "2"),
+    ("<think>\\boxed{1}</think>", "1"),
     ("no answer at all", None),
     ("", None),
 ])
@@ -452,7 +482,7 @@ PATHOLOGICAL = [
     B("{" * 50000 + "1" + "}" * 50000), B("(" * 5000 + "1" + ")" * 5000), B("-" * 100000 + "1"),
     "x" * 1_000_000, B("7" * 1_000_000), "\\boxed{" * 100_000, "$x$ " * 200_000, "\\[" * 100_000,
     "The answer is " + "a" * 1_000_000, B(", ".join(f"x^{k} + {k}" for k in range(60))),
-]
+] + PATHOLOGICAL_14
 
 
 def _alarm(seconds):
