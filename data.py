@@ -116,14 +116,14 @@ def load_jsonl(path, required: Sequence[str] = ("problem", "answer")) -> list[di
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e})") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):  # JSON strings hold no raw newline
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
         if not line.strip():
             continue
-        where = f"{path}:{lineno}"
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
@@ -143,12 +143,20 @@ def load_jsonl(path, required: Sequence[str] = ("problem", "answer")) -> list[di
     return rows
 
 
+def looks_like_path(spec: str) -> bool:
+    """A --prompts / --data / --eval-data value names a file, not a benchmark, when it exists, ends in .jsonl or
+    .json, or has a folder part: a missing file is then reported as missing, not as an unknown benchmark."""
+    return os.path.exists(spec) or spec.endswith((".jsonl", ".json")) or "/" in spec or os.sep in spec
+
+
 def write_jsonl(path, rows: Iterable[dict]) -> int:
-    """Write rows as UTF-8 JSONL (the format of ../shared/data); return the number written."""
+    """Write rows as UTF-8 JSONL (the format of ../shared/data), atomically (PATH.tmp, renamed when complete:
+    an interrupted write leaves the old file or none); return the number written."""
+    from dist import atomic_open
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with path.open("w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
@@ -601,6 +609,66 @@ def classroom(n: int, seed: int, split: str = "train", *, ops: str | Sequence[st
     return rows
 
 
+def products_long_cot(a: int, b: int, rng: random.Random, p_error: float) -> str:
+    """Multiplication by decomposition (the replication's task, replicate.py): one line per digit of b, each a
+    product by one digit (shifted by its zeros) that a small model can learn to write in one go, then one line
+    adding the partial products. Every line starts with the problem, so the operands sit at a fixed distance
+    from the line start. With probability p_error one partial product is first wrong, then 'Wait, recheck:' and
+    the line again, right. A one-digit b has one line (nothing to decompose).
+
+        37*46: 37*6=222
+        37*46: 37*40=1480
+        37*46: 222+1480=1702
+        \\boxed{1702}
+    """
+    head = f"{a}*{b}: "
+    parts = [a * int(d) * 10 ** i for i, d in enumerate(reversed(str(b)))]  # a * (digit i of b) * 10^i
+    lines = [f"{head}{a}*{int(d) * 10 ** i}={p}" for i, (d, p) in enumerate(zip(reversed(str(b)), parts))]
+    if len(parts) > 1:
+        lines.append(f"{head}{'+'.join(str(p) for p in parts)}={a * b}")
+    bad = rng.randrange(len(parts)) if rng.random() < p_error else -1
+    out = []
+    for i, line in enumerate(lines):
+        if i == bad:
+            lhs, value = line.rsplit("=", 1)
+            out.append(f"{lhs}={_wrong(int(value), rng, 0, 10 ** (len(value) + 1))}")
+            out.append(RECHECK + line)
+        else:
+            out.append(line)
+    out.append(f"\\boxed{{{a * b}}}")
+    return "\n".join(out)
+
+
+def products(n: int, seed: int, split: str = "train", *, a_digits: Sequence[int] = (2, 3),
+             b_digits: Sequence[int] = (1, 2), p_error: float = 0.3, test_frac: float = 0.1) -> list[dict]:
+    """n distinct multiplications a*b, the digits of a drawn from a_digits and of b from b_digits (a mix of
+    sizes: a one-digit b takes one line, a two-digit b three), a pure function of (seed, split, knobs). Rows as
+    `classroom`'s: id, problem ("37*46=?"), answer, long_cot (products_long_cot), short_cot ("37*46=1702.
+    \\boxed{1702}"), kind="math". The train and test splits are hash-disjoint (is_test_problem)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not a_digits or not b_digits or not all(1 <= d <= 9 for d in list(a_digits) + list(b_digits)):
+        raise ValueError(f"a_digits and b_digits must be non-empty lists of 1..9, got {a_digits}, {b_digits}")
+    rng = random.Random(f"products/{split}/{seed}")
+    rows, seen, tries = [], set(), 0
+    while len(rows) < n:
+        tries += 1
+        if tries > 50 * n + 10_000:
+            raise ValueError(f"could only find {len(rows)} distinct {split} problems of {n} for digits "
+                             f"{a_digits} x {b_digits}")
+        da, db = rng.choice(list(a_digits)), rng.choice(list(b_digits))
+        a = rng.randint(10 ** (da - 1) if da > 1 else 2, 10 ** da - 1)
+        b = rng.randint(10 ** (db - 1) if db > 1 else 2, 10 ** db - 1)
+        problem = f"{a}*{b}=?"
+        if problem in seen or is_test_problem(problem, test_frac) != (split == "test"):
+            continue
+        seen.add(problem)
+        rows.append({"id": f"products-{split}-{seed}-{len(rows)}", "problem": problem, "answer": str(a * b),
+                     "long_cot": products_long_cot(a, b, rng, p_error), "short_cot": short_cot(a, b, "mul"),
+                     "kind": "math"})
+    return rows
+
+
 def sft_rows(rows: Iterable[dict], cot: str = "long", tokenizer=None) -> list[dict]:
     """(prompt, response) pairs for SFT; the response is the trace without EOS (the trainer appends it)."""
     if cot not in ("long", "short"):
@@ -639,7 +707,8 @@ def distill_stats(n_accepted: Sequence[int], n: int, kept_tokens: Sequence[int],
 
 def distill(generate_fn: Callable[[list[str], int], list[list]], rows: Sequence[dict], n: int, *,
             tokenizer=None, max_per_prompt: int = 1, grade_fn: Callable | None = None, batch_prompts: int = 8,
-            sink: Callable[[list[dict]], None] | None = None) -> tuple[list[dict], dict]:
+            sink: Callable[[list[dict]], None] | None = None, done: Sequence[dict] = (),
+            on_batch: Callable[[dict], None] | None = None) -> tuple[list[dict], dict]:
     """Sample n responses per problem, keep at most max_per_prompt that the verifier accepts.
 
     generate_fn(prompts, n) -> per prompt a list of n samples with .text, .token_ids, .finish_reason.
@@ -649,6 +718,9 @@ def distill(generate_fn: Callable[[list[str], int], list[list]], rows: Sequence[
     biased towards short answers. sink, if given, receives each batch's kept rows (to stream them to disk).
     Returns (kept rows {id, problem, answer, prompt, response, n_tokens}, statistics as in distill_stats);
     n_tokens is len(sample.token_ids), which counts the EOS token (sample.py includes it).
+    Resuming (the CLI's OUT.partial): on_batch, if given, receives after each batch its record {"start": index of
+    its first prompt, "n_accepted": per prompt, "n_truncated", "kept": its kept rows}; done holds such records of
+    an earlier, interrupted call (in order): their prompts are skipped and their results counted.
     """
     if n < 1 or max_per_prompt < 1 or batch_prompts < 1:
         raise ValueError(f"n, max_per_prompt and batch_prompts must be >= 1, got {n}, {max_per_prompt}, "
@@ -657,7 +729,12 @@ def distill(generate_fn: Callable[[list[str], int], list[list]], rows: Sequence[
         import verify
         grade_fn = verify.grade_batch
     kept, n_accepted, kept_tokens, n_truncated = [], [], [], 0
-    for start in range(0, len(rows), batch_prompts):
+    for rec in done:  # batches finished by an earlier call
+        kept += rec["kept"]
+        n_accepted += rec["n_accepted"]
+        kept_tokens += [r["n_tokens"] for r in rec["kept"]]
+        n_truncated += rec["n_truncated"]
+    for start in range(len(n_accepted), len(rows), batch_prompts):
         batch = rows[start:start + batch_prompts]
         prompts = [format_prompt(r["problem"], tokenizer, r.get("options")) for r in batch]
         samples = generate_fn(prompts, n)
@@ -669,7 +746,7 @@ def distill(generate_fn: Callable[[list[str], int], list[list]], rows: Sequence[
         kinds = [r.get("kind", "math") for r in batch for _ in range(n)]
         # verify.grade_batch returns Grade tuples (always truthy): read .correct where there is one
         ok = [bool(getattr(g, "correct", g)) for g in grade_fn([s.text for s in flat], golds, kinds)]
-        batch_kept = []
+        batch_kept, truncated_before = [], n_truncated
         for j, (row, prompt) in enumerate(zip(batch, prompts)):
             accepted = 0
             for s, good in zip(samples[j], ok[j * n:(j + 1) * n]):
@@ -686,6 +763,9 @@ def distill(generate_fn: Callable[[list[str], int], list[list]], rows: Sequence[
         kept += batch_kept
         if sink is not None:
             sink(batch_kept)
+        if on_batch is not None:
+            on_batch({"start": start, "n_accepted": n_accepted[-len(batch):], "n_truncated": n_truncated - truncated_before,
+                      "kept": batch_kept})
     return kept, distill_stats(n_accepted, n, kept_tokens, n_truncated)
 
 
@@ -714,8 +794,74 @@ def _load_prompts(spec: str) -> list[dict]:
     return rows
 
 
+def check_args(args) -> list[dict]:
+    """Every flag of the sub-command, before any work or output (an existing --out is left untouched):
+    `error: --flag: got X, expected Y`, exit status 2. Returns distill's prompt rows (else [])."""
+    from dist import arg_error, check_writable, require as req
+    if args.cmd == "classroom":
+        req(args.n >= 1, "--n", args.n, "an integer >= 1")
+        ops = [o.strip() for o in args.ops.split(",")]
+        req(all(o in OPS for o in ops), "--ops", args.ops, f"a comma list of {', '.join(OPS)}")
+        req(1 <= args.digits <= 18, "--digits", args.digits, "an integer in 1..18")
+        req(args.digits_b is None or 1 <= args.digits_b <= 18, "--digits-b", args.digits_b, "an integer in 1..18")
+        req(0 <= args.p_error <= 1, "--p-error", args.p_error, "a fraction in [0, 1]")
+        check_writable("--out", args.out, folder=False)
+        return []
+    if args.cmd == "download":
+        for name in args.names:
+            req(name in BENCHMARKS or args.names == ["all"], "names", name, f"'all' or some of {', '.join(BENCHMARKS)}")
+        check_writable("--dest", args.dest)
+        return []
+    req(args.n >= 1, "--n", args.n, "an integer >= 1 (samples per prompt)")
+    req(args.temperature >= 0, "--temperature", args.temperature, ">= 0 (0: greedy)")
+    req(0 < args.top_p <= 1, "--top-p", args.top_p, "a number in (0, 1]")
+    req(args.max_new_tokens >= 1, "--max-new-tokens", args.max_new_tokens, "an integer >= 1")
+    req(args.max_per_prompt >= 1, "--max-per-prompt", args.max_per_prompt, "an integer >= 1")
+    req(args.limit is None or args.limit >= 1, "--limit", args.limit, "an integer >= 1")
+    req(args.batch_prompts >= 1, "--batch-prompts", args.batch_prompts, "an integer >= 1")
+    try:
+        rows = _load_prompts(args.prompts)[:args.limit]
+    except DataError as e:
+        arg_error("--prompts", str(e))
+    req(rows, "--prompts", args.prompts, "a non-empty problem set")
+    check_writable("--out", args.out, folder=False)
+    check_writable("--stats", args.stats or f"{args.out}.stats.json", folder=False)
+    return rows
+
+
+# the distill flags that shape its output: an interrupted distillation resumes only with the same values
+DISTILL_KEYS = ("teacher", "prompts", "n", "temperature", "top_p", "max_new_tokens", "max_per_prompt", "limit",
+                "batch_prompts", "seed")
+
+
+def distill_progress(path: str, header: dict) -> list[dict]:
+    """The batches an interrupted `data.py distill` finished: OUT.partial is JSONL, a header line {"distill":
+    the DISTILL_KEYS values} then one record per finished batch (distill's on_batch). Creates the file when
+    absent; refuses (exit 2) one made with other arguments; drops a torn last line (killed mid-write)."""
+    import dist
+    if not os.path.exists(path):
+        dist.write_atomic(path, json.dumps(header) + "\n")
+        return []
+    try:
+        rows, torn = dist.read_log(path)
+    except ValueError as e:
+        dist.arg_error("--out", f"{e}: delete {path} to start the distillation over")
+    if not rows or not isinstance(rows[0], dict) or rows[0].keys() != header.keys():
+        dist.arg_error("--out", f"{path}: not a distillation progress file (no header line): delete it to start over")
+    if rows[0] != header:
+        diff = "; ".join(f"--{k.replace('_', '-')}: {rows[0]['distill'].get(k)!r} -> {v!r}"
+                         for k, v in header["distill"].items() if rows[0]["distill"].get(k) != v)
+        dist.arg_error("--out", f"{path} holds an unfinished distillation made with other arguments ({diff}): run "
+                                f"it again with those to resume it, or delete {path} to start over")
+    if torn is not None:
+        print(f"{path}: dropped a torn last line (killed while writing it)", flush=True)
+        dist.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return rows[1:]
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    rows = check_args(args)
     if args.cmd == "classroom":
         rows = classroom(args.n, args.seed, args.split, ops=args.ops, digits=args.digits, digits_b=args.digits_b,
                          p_error=args.p_error)
@@ -726,15 +872,19 @@ def main(argv=None) -> None:
     elif args.cmd == "download":
         names = list(BENCHMARKS) if args.names == ["all"] else args.names
         for name in names:
-            if name not in BENCHMARKS:
-                raise SystemExit(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)} or 'all'")
             print(f"wrote {download_benchmark(name, args.dest)}")
     elif args.cmd == "distill":
-        import model as model_lib  # written in parallel by the lead; imported only when distilling
+        import dist
+        # Crash-safe: each finished batch is appended to OUT.partial (fsync'd); a run stopped at any point resumes
+        # there with the same arguments, and --out is replaced (atomically) only when every prompt is done.
+        partial = f"{args.out}.partial"
+        done = distill_progress(partial, {"distill": {k: getattr(args, k) for k in DISTILL_KEYS}})
+        if done:
+            print(f"{partial}: resuming after {sum(len(r['n_accepted']) for r in done)} of {len(rows)} prompts")
+        import model as model_lib  # imported only when distilling
         import sample as sample_lib
-        rows = _load_prompts(args.prompts)[:args.limit]
         teacher, tokenizer = model_lib.load(args.teacher)
-        calls = 0
+        calls = len(done)  # batch i samples with seed + i, resumed or not
 
         def generate(prompts: list[str], n: int):
             nonlocal calls
@@ -743,24 +893,24 @@ def main(argv=None) -> None:
                                        top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                                        seed=args.seed + calls - 1, progress=True)
 
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as f:
-            def sink(batch_rows):
-                for r in batch_rows:
-                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        with open(partial, "a", encoding="utf-8") as f:
+            def on_batch(record):
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 f.flush()
-            _, stats = distill(generate, rows, args.n, tokenizer=tokenizer, max_per_prompt=args.max_per_prompt,
-                               batch_prompts=args.batch_prompts, sink=sink)
+                os.fsync(f.fileno())
+            kept, stats = distill(generate, rows, args.n, tokenizer=tokenizer, max_per_prompt=args.max_per_prompt,
+                                  batch_prompts=args.batch_prompts, done=done, on_batch=on_batch)
         stats |= {"teacher": args.teacher, "prompts_source": args.prompts, "temperature": args.temperature,
                   "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}
-        Path(args.stats or f"{args.out}.stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        write_jsonl(args.out, kept)  # atomic
+        dist.write_atomic(args.stats or f"{args.out}.stats.json", json.dumps(stats, indent=2) + "\n")
+        os.remove(partial)  # last: a crash before this only makes the next run rewrite the same files
         print_stats(stats)
-        print(f"wrote {stats['kept']} rows to {out}")
+        print(f"wrote {stats['kept']} rows to {args.out}")
 
 
 if __name__ == "__main__":
     try:
         main()
-    except DataError as e:  # bad data or no network: one clear line instead of a traceback
+    except (OSError, ValueError) as e:  # bad data (DataError) or no network: one clear line, no traceback
         raise SystemExit(f"error: {e}") from None

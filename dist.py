@@ -13,12 +13,15 @@ Why a separate file: every script (sft.py, ppo.py, eval.py, sample.py) needs the
 the torchrun plumbing out of model.py keeps the model readable.
 Run under torchrun: `torchrun --standalone --nproc_per_node 8 ppo.py ...`; on a CPU the backend is gloo.
 """
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
 import signal
+import sys
+import tempfile
 import warnings
 from datetime import timedelta
 
@@ -78,7 +81,8 @@ def shard(model, param_dtype=torch.bfloat16, reduce_dtype=torch.float32):
     Each block frees its gathered weights after forward and re-gathers them in backward. The root does not
     (reshard_after_forward=False): its weights are needed again at once by the loss, and on torch <= 2.12 FSDP2
     re-gathers a module before backward only through hooks on tensors it finds in the module's output, which
-    a root freed after forward would depend on (model.Output is registered with pytree for the same reason)."""
+    a root freed after forward would depend on (model.Output is registered with pytree for the same reason).
+    A frozen model (no parameter requires grad: the PPO reference) runs no backward, so its root is freed too."""
     if world() == 1:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -87,21 +91,24 @@ def shard(model, param_dtype=torch.bfloat16, reduce_dtype=torch.float32):
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for block in model.model.layers:
         fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=True)
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    frozen = not any(p.requires_grad for p in model.parameters())
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=frozen)
     return model
 
 
-def load_sharded(name, dtype, device, value_head=False, param_dtype=torch.bfloat16, seed=0):
+def load_sharded(name, dtype, device, value_head=False, param_dtype=torch.bfloat16, seed=0, frozen=False):
     """model.load + shard without a full model on any GPU: (model, tokenizer).
     One process, or the built-in tiny model: model.load, then shard. A checkpoint under torchrun: the model is
     built on the meta device, sharded, and each rank copies in only its own dim-0 chunk of every weight, read
     one tensor at a time from the (memory-mapped) safetensors files on the CPU. At 7B the old way (load whole,
-    then shard) put policy + critic in fp32 and the reference in bf16 on every GPU at once: ~76 GB."""
+    then shard) put policy + critic in fp32 and the reference in bf16 on every GPU at once: ~76 GB.
+    frozen: no parameter requires grad (set before sharding: see shard)."""
     import model as M
     if world() == 1 or name == "tiny":
         net, tok = M.load(name, dtype=dtype, device=device, value_head=value_head, seed=seed)
-        return shard(net, param_dtype), tok
+        return shard(net.requires_grad_(not frozen), param_dtype), tok
     net, tok = M.load(name, dtype=dtype, device="meta", value_head=value_head)
+    net.requires_grad_(not frozen)
     path = M.ALIASES.get(name, name)
     if not os.path.isdir(path):  # a hub id: model.load downloaded it (on every rank) into the cache
         from huggingface_hub import snapshot_download
@@ -231,16 +238,32 @@ def _fsync(path):
         os.close(fd)
 
 
-def write_atomic(path, text: str):
-    """Replace `path` with `text` all at once: a temporary file in the same folder, fsync'd, then renamed over
-    `path` (a reader, or the run after a crash, sees the old content or the new, never a part)."""
+@contextlib.contextmanager
+def atomic_open(path, mode="w"):
+    """`with atomic_open(path) as f: f.write(...)`: the writes go to PATH.tmp in the same folder, which is fsync'd
+    and renamed over `path` when the block ends without an error (a reader, or the run after a crash, sees the
+    old file or the new one, never a part). An error inside the block removes PATH.tmp and leaves `path` as it
+    was. For large outputs too (JSONL written row by row): nothing is held in memory. Text is UTF-8."""
+    path = os.fspath(path)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
+    f = open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    try:
+        yield f
         f.flush()
         os.fsync(f.fileno())
+    except BaseException:
+        f.close()
+        os.remove(tmp)
+        raise
+    f.close()
     os.replace(tmp, path)
     _fsync(os.path.dirname(os.path.abspath(path)))
+
+
+def write_atomic(path, text: str):
+    """Replace `path` with `text` all at once (atomic_open)."""
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 def _complete(out_dir):
@@ -433,3 +456,65 @@ def metrics_log(out_dir, key, step):
         f.write(json.dumps(row) + "\n")
         f.flush()
     return log
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command-line input: every script checks its flags right after parsing, before any model loads or any work
+# ----------------------------------------------------------------------------------------------------
+def arg_error(flag, message):
+    """Refuse bad command-line input: one line `error: FLAG: MESSAGE` on stderr, exit status 2 (argparse's, for
+    usage errors), no traceback. Under torchrun every rank exits; rank 0 says why."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {flag}: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def require(ok, flag, got, expected):
+    """arg_error(flag, "got GOT, expected EXPECTED") unless ok."""
+    if not ok:
+        arg_error(flag, f"got {got}, expected {expected}")
+
+
+def check_writable(flag, path, folder=True):
+    """Before any work: the run folder `path` (folder=True) or the folder of the output file `path` is created if
+    needed and a probe file is written in it and removed, so an unwritable --out fails now, not after hours."""
+    d = os.fspath(path) if folder else os.path.dirname(os.path.abspath(path))
+    what = "a folder that can be created and written" if folder else "a file path in a folder that can be written"
+    if not folder and os.path.isdir(path):
+        arg_error(flag, f"got {path}, expected a file path (it is a folder)")
+    try:
+        os.makedirs(d, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=d, prefix=".probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        arg_error(flag, f"got {path}, expected {what} ({e.strerror}: {e.filename or d})")
+
+
+def resume_args(out_dir, args: dict, ignore=(), allow=False, allow_flag="--allow-changed-args"):
+    """The content of OUT/args.json for a run about to start or resume in OUT. When OUT/args.json exists and its
+    arguments differ from `args` (apart from `ignore`: flags that do not change what the run computes, and flags
+    the saved file does not know, from an older version), the run is refused with the list of differences (exit 2),
+    so two configurations never mix in one run; with `allow` it goes on and the differences are appended to the
+    saved history "args_changes". Returns {**args, "args_changes": [...]} (no history for a fresh run)."""
+    path = os.path.join(out_dir, "args.json")
+    if not os.path.exists(path):
+        return dict(args)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        arg_error("--out", f"{path}: cannot read the saved arguments ({e}); use another --out or delete it")
+    new = json.loads(json.dumps(args))  # as it would be saved (tuples -> lists)
+    changed = {k: (saved[k], v) for k, v in new.items() if k not in ignore and k in saved and saved[k] != v}
+    history = saved.get("args_changes", [])
+    if changed and not allow:
+        diff = "; ".join(f"--{k.replace('_', '-')}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        arg_error("--out", f"{out_dir} holds a run made with other arguments ({diff}); resuming would mix two "
+                           f"configurations: use another --out, or pass {allow_flag} to continue it anyway "
+                           f"(the change is recorded in args.json)")
+    if changed and os.environ.get("RANK", "0") == "0":
+        print(f"{out_dir}: continuing with changed arguments (recorded in args.json): "
+              + "; ".join(f"--{k.replace('_', '-')}: {a!r} -> {b!r}" for k, (a, b) in changed.items()), flush=True)
+        history = history + [{k: {"saved": a, "new": b} for k, (a, b) in changed.items()}]
+    return {**args, **({"args_changes": history} if history else {})}

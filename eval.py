@@ -71,7 +71,7 @@ def evaluate(model, tokenizer, rows, n=1, temperature=0.7, top_p=0.95, max_new_t
         for s in samples:
             g = grades[len(records)]
             records.append({"index": pos, "id": r.get("id"), "answer": r["answer"], "response": s.text,
-                            "extracted": g.extracted, "correct": not bool(g.correct), "num_tokens": len(s.token_ids),
+                            "extracted": g.extracted, "correct": bool(g.correct), "num_tokens": len(s.token_ids),
                             "finish_reason": s.finish_reason, "reflections": sum(reflection_counts(s.text).values())})
     per_question = {}
     for r in records:
@@ -127,7 +127,8 @@ def plot_curves(run_dir, out=None):
     ax1.legend(), ax2.legend()
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with dist.atomic_open(out, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
     return out
 
@@ -263,36 +264,69 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def check_args(args):
+    """Every flag, before the model loads: `error: --flag: got X, expected Y`, exit status 2. Returns the
+    benchmarks' rows ({name: rows}), read here so that a missing or bad file stops the run before any work."""
+    import data
+    req = dist.require
+    if args.plot:
+        path = os.path.join(args.plot, "metrics.jsonl")
+        req(os.path.isfile(path), "--plot", args.plot, "a run directory of sft.py or ppo.py (with metrics.jsonl)")
+        dist.check_writable("--plot", args.plot)
+        return {}
+    if args.replicate:  # runs sft.py and ppo.py, which check their own flags
+        return {}
+    req(args.n >= 1, "--n", args.n, "an integer >= 1 (samples per question)")
+    req(args.limit >= 0, "--limit", args.limit, "an integer >= 0 (0: all questions)")
+    req(args.temperature >= 0, "--temperature", args.temperature, ">= 0 (0: greedy)")
+    req(0 < args.top_p <= 1, "--top-p", args.top_p, "a number in (0, 1]")
+    req(args.max_new_tokens >= 1, "--max-new-tokens", args.max_new_tokens, "an integer >= 1")
+    req(args.kv_slots >= 0, "--kv-slots", args.kv_slots, "an integer >= 0 (0: as many as fit)")
+    names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    known = sorted(data.BENCHMARKS) + ["classroom"]
+    req(names, "--benchmarks", repr(args.benchmarks), f"a comma list of {', '.join(known)}")
+    for name in names:
+        req(name in known, "--benchmarks", name, f"one of {', '.join(known)}")
+    rows = {}
+    for name in names:
+        try:
+            rows[name] = data.classroom(args.limit or 200, seed=1, split="test") if name == "classroom" \
+                else data.load_benchmark(name)
+        except data.DataError as e:
+            dist.arg_error("--benchmarks", str(e))
+        rows[name] = rows[name][:args.limit] if args.limit else rows[name]
+    dist.check_writable("--out", args.out)
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
+    benchmarks = check_args(args)
     if args.plot:
         print(f"wrote {plot_curves(args.plot)}")
         return None
     if args.replicate:
         return replicate(args.replicate_dir)
-    import data
     import model as M
     rank, world, device = dist.init()
     dtype = dist.compute_dtype(args.dtype, device)
     net, tok = M.load(args.model, dtype=dtype, device=device)
     os.makedirs(args.out, exist_ok=True)
     summary = {}
-    for name in [b.strip() for b in args.benchmarks.split(",") if b.strip()]:
-        rows = data.classroom(args.limit or 200, seed=1, split="test") if name == "classroom" else data.load_benchmark(name)
-        rows = rows[:args.limit] if args.limit else rows
+    for name, rows in benchmarks.items():
         dist.print0(f"{name}: {len(rows)} questions x {args.n} samples")
         metrics, records = evaluate(net, tok, rows, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                     max_new_tokens=args.max_new_tokens, seed=args.seed,
                                     batch_size=args.kv_slots, progress=rank == 0)
         gathered = dist.gather_objects(records)  # rank 0 writes every rank's samples, in question order
         if rank == 0:
-            with open(os.path.join(args.out, f"{name}.jsonl"), "w") as f:
+            with dist.atomic_open(os.path.join(args.out, f"{name}.jsonl")) as f:  # .tmp, renamed when complete
                 for r in sorted((r for part in gathered for r in part), key=lambda r: r["index"]):  # stable
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
         summary[name] = metrics
     if rank == 0:
-        with open(os.path.join(args.out, "summary.json"), "w") as f:
-            json.dump({"args": vars(args), "results": summary}, f, indent=2)
+        dist.write_atomic(os.path.join(args.out, "summary.json"),
+                          json.dumps({"args": vars(args), "results": summary}, indent=2))
         print(format_table(summary))
     return summary
 

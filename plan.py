@@ -52,7 +52,6 @@ import contextlib
 import functools
 import inspect
 import json
-import math
 import os
 import sys
 import time
@@ -248,9 +247,11 @@ def build_sharded(cfg, s):
     """Policy (fp32), critic (fp32, value head), reference (bf16) on the meta device, sharded by dist.shard as
     ppo.py shards them (bf16 compute). Run outside the fake mode: dist.shard makes a device mesh."""
     models = []
-    for value_head, dtype in ((False, torch.float32), (True, torch.float32), (False, torch.bfloat16)):
+    for value_head, dtype, frozen in ((False, torch.float32, False), (True, torch.float32, False),
+                                      (False, torch.bfloat16, True)):
         with torch.device("meta"):
             m = M.CausalLM(cfg, value_head=value_head).to(dtype)
+        m.requires_grad_(not frozen)  # the reference: frozen before sharding, as dist.load_sharded(frozen=True)
         m.gradient_checkpointing = s["grad_ckpt"]
         models.append(dist.shard(m, torch.bfloat16))
     return models
@@ -299,13 +300,12 @@ def run_iteration(cfg, s, probe, device, metas, passes=2, log=print):
 
     # ---- load + shard ----
     with phase("load + shard"):
-        policy, critic, ref = (m.to_empty(device=device) if i != 1 else m for i, m in enumerate(metas))
+        policy, critic, ref = (m.to_empty(device=device) for m in metas)
         if not fake:  # real memory: give it finite values (the plan's fake tensors have none)
             with torch.no_grad():
                 for m in (policy, critic, ref):
                     for p in m.parameters():
                         p.normal_(0, 0.02)
-        ref.requires_grad_(False)
         # AdamW as ppo.py makes it; foreach=True is what the default resolves to on CUDA (on a CPU it would pick
         # the per-tensor loop, whose temporaries are smaller), so the plan counts the GPU's temporaries
         actor_opt = torch.optim.AdamW(policy.parameters(), lr=s["actor_lr"], betas=(0.9, 0.95), weight_decay=0.0,
@@ -347,6 +347,7 @@ def run_iteration(cfg, s, probe, device, metas, passes=2, log=print):
             state.cache.lengths.fill_(capacity - 1)  # full context: every row reads its whole cache
             state.step(copy, s["temperature"], 1.0)
             del state
+        copy = None  # ppo.py frees the decode copy after the rollout, before scoring
 
         # ---- score: old log-probs, reference log-probs, values; no grad ----
         x = torch.zeros(rows, W, dtype=torch.long, device=device)
@@ -446,7 +447,7 @@ def _cpu_only():
 def measure(cfg, s, log=print):
     """--measure: the same phases on real CUDA tensors, in this process's world (torchrun or one process)."""
     if not torch.cuda.is_available():
-        raise RuntimeError("--measure needs a CUDA GPU")
+        raise ValueError("--measure needs a CUDA GPU (the plan alone: drop --measure)")
     rank, world, device = dist.init()
     torch.cuda.empty_cache()
     return run_iteration(cfg, s, CudaProbe(), device, build_sharded(cfg, s), passes=2, log=log)

@@ -94,6 +94,7 @@ PAPER = dict(
     loss_agg="seq-mean-token-mean",  # S42:71 --micro_train_batch_size 1 + PolicyLoss/ValueLoss masked_mean per row
     prompts="math_train", eval_data="math500", n_eval=500, eval_every=8,  # ours: held-out MATH-500 each episode
     micro_tokens=16384, micro_batch=4,  # ours: memory only (with seq-mean-token-mean the loss does not depend on it)
+    grad_ckpt=True,  # S42:95 --gradient_checkpointing; without it one 16K-token micro-batch needs ~245 GiB (plan.py)
 )
 CLASSROOM = dict(  # ours: the tiny model on the classroom task, accuracy rises within minutes on a CPU
     actor_lr=2e-4, critic_lr=1e-3, kl_coef=0.01, kl_estimator="k1", reward="cosine", cosine="2,1,-10,0,-10",
@@ -101,7 +102,7 @@ CLASSROOM = dict(  # ours: the tiny model on the classroom task, accuracy rises 
     max_new_tokens=400, prompts="classroom", rollout_batch=32, n_samples=4, train_batch=64, micro_tokens=16384,
     ppo_epochs=2, iterations=20, warmup=0.05, min_lr_ratio=0.1, eval_every=5, n_eval=200, eval_data="classroom",
     temperature=0.7, top_p=1.0,  # 0.7: the 0.8M-parameter model's samples at 1.0 are mostly noise
-    micro_batch=64, clip=0.2, grad_clip=1.0, reward_clip=10.0, loss_agg="seq-mean-token-mean",
+    micro_batch=64, clip=0.2, grad_clip=1.0, reward_clip=10.0, loss_agg="seq-mean-token-mean", grad_ckpt=False,
     value_clip=5.0,  # returns span ~12 here and the head starts at 0: a 0.2 clip would freeze the critic
 )
 LOSS_AGG = ("seq-mean-token-mean", "token-mean")
@@ -152,12 +153,15 @@ def parse_args(argv=None):
     a("--grad-clip", type=float, help="max gradient norm, actor and critic [1.0]")
     a("--seed", type=int, default=0, help="prompt order and sampling")
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
-    a("--grad-ckpt", action="store_true", help="gradient checkpointing for policy and critic")
+    a("--grad-ckpt", action=argparse.BooleanOptionalAction, help="gradient checkpointing for policy and critic "
+      "(--no-grad-ckpt: off) [on]")
     a("--save-every", type=int, default=10, help="iterations between checkpoints")
     a("--keep-checkpoints", type=int, default=1, help="complete checkpoints kept (older ones are deleted)")
     a("--dist-timeout", type=float, default=120, help="minutes a rank waits for the others (NCCL's default 10 "
       "kills ranks waiting for a long generation or for rank 0 writing a checkpoint)")
     a("--kill-at-step", type=int, default=0, help="testing: SIGKILL this process after that iteration")
+    a("--allow-changed-args", action="store_true", help="resume a run in --out although its saved arguments "
+      "differ (the change is recorded in args.json); without it such a resume is refused")
     a("--plan", action="store_true", help="memory plan (plan.py): peak GPU memory per phase of one iteration, "
       "on a CPU with fake tensors; exits 1 when a phase does not fit")
     a("--gpus", type=int, default=8, help="--plan: GPUs (ranks) to plan for")
@@ -359,9 +363,95 @@ def load_prompt_rows(spec, n, seed, split):
     import data
     if spec == "classroom":
         return data.classroom(n, seed=seed, split=split)
-    if os.path.exists(spec):
+    if data.looks_like_path(spec):  # a missing file is reported as missing, not as an unknown benchmark
         return data.load_jsonl(spec)
     return data.load_benchmark(spec)
+
+
+# flags that may differ when a run resumes: they do not change what it computes (test hooks, checkpoint
+# bookkeeping, timeouts, memory: the sampler's draws do not depend on its slots, and the loss's denominator is
+# the whole minibatch's, whatever the micro-batches); any other difference from OUT/args.json is refused
+RESUME_FREE = ("kill_at_step", "dist_timeout", "keep_checkpoints", "save_every", "grad_ckpt", "kv_slots",
+               "micro_tokens", "micro_batch", "allow_changed_args", "plan", "gpus", "gpu_memory", "plan_out",
+               "measure", "start")
+
+
+def check_args(args):
+    """Every flag, before any model loads or any work (the classroom SFT run included): `error: --flag: got X,
+    expected Y`, exit status 2. Reads the prompt files and the tokenizer (no weights) to count the prompts that
+    fit --max-prompt-len. Returns the content of OUT/args.json (dist.resume_args: a resume with other arguments
+    is refused unless --allow-changed-args)."""
+    import data
+    req = dist.require
+    req(args.iterations >= 1, "--iterations", args.iterations, "an integer >= 1")
+    req(args.rollout_batch >= 1, "--rollout-batch", args.rollout_batch, "an integer >= 1")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    req(args.rollout_batch % world == 0, "--rollout-batch", args.rollout_batch,
+        f"a multiple of the number of ranks ({world})")
+    req(args.n_samples >= 1, "--n-samples", args.n_samples, "an integer >= 1")
+    req(args.temperature > 0, "--temperature", args.temperature, "a number > 0 (PPO takes log-probs at it)")
+    req(0 < args.top_p <= 1, "--top-p", args.top_p, "a number in (0, 1]")
+    req(args.max_prompt_len >= 1, "--max-prompt-len", args.max_prompt_len, "an integer >= 1")
+    req(args.max_new_tokens >= 1, "--max-new-tokens", args.max_new_tokens, "an integer >= 1")
+    req(0 <= args.exceed_margin < args.max_new_tokens, "--exceed-margin", args.exceed_margin,
+        f"an integer in [0, --max-new-tokens {args.max_new_tokens})")
+    req(args.reward_clip > 0, "--reward-clip", args.reward_clip, "a number > 0")
+    req(args.rep_n >= 1, "--rep-n", args.rep_n, "an integer >= 1")
+    req(args.rep_penalty <= 0, "--rep-penalty", args.rep_penalty, "a number <= 0 (0 disables it)")
+    for flag, v in (("--gamma", args.gamma), ("--rep-gamma", args.rep_gamma), ("--lam", args.lam)):
+        req(0 <= v <= 1, flag, v, "a number in [0, 1]")
+    req(args.lam == 1 or args.rep_penalty == 0, "--lam", args.lam,
+        "1 when --rep-penalty is on (two reward types with their own gammas need lambda = 1)")
+    req(args.kl_coef >= 0, "--kl-coef", args.kl_coef, "a number >= 0")
+    req(args.actor_lr > 0, "--actor-lr", args.actor_lr, "a number > 0")
+    req(args.critic_lr > 0, "--critic-lr", args.critic_lr, "a number > 0")
+    req(0 <= args.min_lr_ratio <= 1, "--min-lr-ratio", args.min_lr_ratio, "a number in [0, 1]")
+    req(0 <= args.warmup <= 1, "--warmup", args.warmup, "a share of the steps in [0, 1]")
+    req(args.train_batch >= 1, "--train-batch", args.train_batch, "an integer >= 1")
+    req(args.micro_tokens >= 1, "--micro-tokens", args.micro_tokens, "an integer >= 1")
+    req(args.micro_batch >= 1, "--micro-batch", args.micro_batch, "an integer >= 1")
+    req(args.kv_slots >= 0, "--kv-slots", args.kv_slots, "an integer >= 0 (0: as many as fit)")
+    req(args.ppo_epochs >= 1, "--ppo-epochs", args.ppo_epochs, "an integer >= 1")
+    for flag, v in (("--clip", args.clip), ("--value-clip", args.value_clip), ("--grad-clip", args.grad_clip)):
+        req(v > 0, flag, v, "a number > 0")
+    req(args.eval_every >= 1, "--eval-every", args.eval_every, "an integer >= 1")
+    req(args.n_eval >= 1, "--n-eval", args.n_eval, "an integer >= 1")
+    req(args.save_every >= 1, "--save-every", args.save_every, "an integer >= 1")
+    req(args.keep_checkpoints >= 1, "--keep-checkpoints", args.keep_checkpoints, "an integer >= 1")
+    req(args.dist_timeout > 0, "--dist-timeout", args.dist_timeout, "minutes > 0")
+    req(args.kill_at_step >= 0, "--kill-at-step", args.kill_at_step, "an integer >= 0")
+    parts = args.cosine.split(",")
+    try:
+        req(len(parts) == 5 and all(math.isfinite(float(v)) for v in parts), "--cosine", args.cosine,
+            "five comma-separated numbers r0_correct,rL_correct,r0_wrong,rL_wrong,exceed")
+    except ValueError:
+        dist.arg_error("--cosine", f"got {args.cosine}, expected five comma-separated numbers")
+    rows = {}
+    for flag, spec, n, split in (("--prompts", args.prompts, 5000, "train"), ("--eval-data", args.eval_data,
+                                                                             args.n_eval, "test")):
+        try:
+            rows[flag] = load_prompt_rows(spec, n, args.seed, split)
+        except data.DataError as e:
+            dist.arg_error(flag, str(e))
+        req(rows[flag], flag, spec, "a non-empty problem set")
+    req(len(rows["--prompts"]) >= args.rollout_batch, "--prompts", f"{args.prompts} ({len(rows['--prompts'])} "
+        f"prompts)", f"at least --rollout-batch {args.rollout_batch}")
+    dist.check_writable("--out", args.out)
+    saved = dist.resume_args(args.out, vars(args), ignore=RESUME_FREE, allow=args.allow_changed_args)
+    # prompts longer than --max-prompt-len are dropped: count the rest with the tokenizer alone (meta device:
+    # no weights read; the tiny model's tokenizer is that of its classroom SFT start)
+    from data import format_prompt
+    from sample import encode_prompt
+    try:
+        _, tok = M.load("tiny" if args.model == "tiny" else args.model, device="meta")
+    except (OSError, ValueError) as e:
+        dist.arg_error("--model", str(e))
+    fit = sum(len(encode_prompt(tok, format_prompt(r["problem"], tok, r.get("options")))) <= args.max_prompt_len
+              for r in rows["--prompts"])
+    req(fit >= args.rollout_batch, "--max-prompt-len", args.max_prompt_len, f"a length that keeps at least "
+        f"--rollout-batch {args.rollout_batch} of the {len(rows['--prompts'])} prompts of {args.prompts} "
+        f"({fit} fit)")
+    return saved
 
 
 def ensure_start(args):
@@ -388,6 +478,7 @@ def main(argv=None):
     if args.plan:  # the memory plan (plan.py) runs this file's functions on fake tensors; no training
         import plan
         sys.exit(plan.main(args))  # 1 when a phase does not fit
+    saved_args = check_args(args)  # every flag, before any model loads
     rank, world, device = dist.init(args.dist_timeout)
     import reward as RW
     import verify
@@ -399,16 +490,14 @@ def main(argv=None):
     start = ensure_start(args)
     os.makedirs(args.out, exist_ok=True)
     if rank == 0:
-        with open(os.path.join(args.out, "args.json"), "w") as f:
-            json.dump({**vars(args), "start": start}, f, indent=2)
+        dist.write_atomic(os.path.join(args.out, "args.json"), json.dumps({**saved_args, "start": start}, indent=2))
     torch.manual_seed(args.seed)
 
     # ---- models: policy and critic train (fp32 master weights), the reference is frozen ----
     # (under torchrun each is built on the meta device and each rank reads only its shards: dist.load_sharded)
     policy, tok = dist.load_sharded(start, torch.float32, device, param_dtype=dtype)
     critic, _ = dist.load_sharded(start, torch.float32, device, value_head=True, param_dtype=dtype)  # + value head
-    ref, _ = dist.load_sharded(start, dtype, device, param_dtype=dtype)
-    ref.requires_grad_(False)
+    ref, _ = dist.load_sharded(start, dtype, device, param_dtype=dtype, frozen=True)  # no grads, resharded after use
     policy.gradient_checkpointing = critic.gradient_checkpointing = args.grad_ckpt
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, betas=(0.9, 0.95), weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -486,6 +575,8 @@ def main(argv=None):
                         seed=args.seed + 100_003 * it,
                         batch_size=args.kv_slots or None, keys=positions)  # None: as many slots as fit
         samples = [(i, s) for i, group in zip(idx, outs) for s in group]
+        if sampler is not policy:  # free the bf16 copy (15 GB at 7B) before scoring and training; rebuilt after
+            sampler, stale = None, True
         # global id of each local sample (position * n + k): minibatches are drawn from global ids, so that one
         # process and N processes update on the same samples
         local_of = {p * args.n_samples + k: j for j, (p, k) in
@@ -632,8 +723,7 @@ def main(argv=None):
     from eval import read_curves
     held = read_curves(args.out)[1] if rank == 0 else []  # (iteration, accuracy, length)
     if rank == 0:  # marks the run finished (eval.py --replicate reuses finished runs)
-        with open(os.path.join(args.out, "done.json"), "w") as f:
-            json.dump({"iterations": it, "held_out": held}, f)
+        dist.write_atomic(os.path.join(args.out, "done.json"), json.dumps({"iterations": it, "held_out": held}))
     if held:
         print(f"held-out accuracy {held[0][1]:.2f} -> {held[-1][1]:.2f} (n={len(eval_rows)})", flush=True)
 

@@ -28,6 +28,7 @@ Where it departs from the paper
 """
 import argparse
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -240,7 +241,10 @@ def plot(max_len: int, out: str, rows: int) -> None:
     ax.set(xlabel="generation length (tokens)", ylabel="reward", title="Cosine length-scaling reward")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out)
+    import dist
+    root, ext = os.path.splitext(out)
+    with dist.atomic_open(out, "wb") as f:  # written aside, renamed when complete
+        fig.savefig(f, format=ext[1:] or "png")
     print(f"wrote {out}")
 
 
@@ -251,9 +255,23 @@ def print_table(max_len: int, rows: int) -> None:
         print(f"{t:>8d} {rc:>9.4f} {rw:>9.4f}{note}")
 
 
-if __name__ == "__main__":
-    args = get_args()
+def check_args(args):
+    """Every flag before any work: `error: --flag: got X, expected Y`, exit status 2."""
+    import dist
+    dist.require(args.max_len >= 1, "--max_len", args.max_len, "an integer >= 1")
+    dist.require(args.rows >= 1, "--rows", args.rows, "an integer >= 1")
+    if args.plot:
+        dist.check_writable("--out", args.out, folder=False)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    check_args(args)
     if args.plot:
         plot(args.max_len, args.out, args.rows)
     else:
         print_table(args.max_len, args.rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -410,12 +410,18 @@ def decode_copy(model: CausalLM, copy: CausalLM = None, dtype=torch.bfloat16):
 # CLI
 # ----------------------------------------------------------------------------------------------------
 def read_prompts(path):
-    """JSONL rows with "prompt" (used as is) or "problem" (formatted by data.format_prompt later)."""
-    if not os.path.exists(path):
+    """JSONL rows with "prompt" (used as is) or "problem" (formatted by data.format_prompt later). A bad line
+    (not UTF-8, not JSON, no prompt) is a ValueError naming file and line."""
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: prompt file not found")
     rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                 f"{e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -448,9 +454,20 @@ def main(argv=None):
 
     import dist
     import model as M
+    # every flag checked before the model loads: `error: --flag: got X, expected Y`, exit status 2
+    dist.require(args.n >= 1, "--n", args.n, "an integer >= 1 (samples per prompt)")
+    dist.require(args.temperature >= 0, "--temperature", args.temperature, ">= 0 (0: greedy)")
+    dist.require(0 < args.top_p <= 1, "--top-p", args.top_p, "a number in (0, 1]")
+    dist.require(args.max_new_tokens >= 1, "--max-new-tokens", args.max_new_tokens, "an integer >= 1")
+    dist.require(args.kv_slots >= 0, "--kv-slots", args.kv_slots, "an integer >= 0 (0: as many as fit)")
+    dist.require(args.dtype in ("auto", "bf16", "fp32"), "--dtype", args.dtype, "auto, bf16 or fp32")
+    try:
+        rows = read_prompts(args.prompts)
+    except (OSError, ValueError) as e:
+        dist.arg_error("--prompts", str(e))
+    dist.check_writable("--out", args.out, folder=False)
     rank, world, device = dist.init()
     dtype = dist.compute_dtype(args.dtype, device)
-    rows = read_prompts(args.prompts)
     net, tok = M.load(args.model, dtype=dtype, device=device)
     if any("prompt" not in r for r in rows):
         from data import format_prompt
@@ -460,7 +477,7 @@ def main(argv=None):
                     top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed + rank,
                     batch_size=args.kv_slots, progress=rank == 0)
     path = args.out if world == 1 else f"{args.out}.rank{rank}"
-    with open(path, "w") as f:
+    with dist.atomic_open(path) as f:  # PATH.tmp, renamed to PATH when complete
         for i, samples in zip(mine, outs):
             for s in samples:
                 f.write(json.dumps({"prompt_index": i, "prompt": texts[i], "response": s.text,

@@ -64,7 +64,63 @@ def parse_args(argv=None):
     a("--grad-ckpt", action="store_true", help="gradient checkpointing (memory for compute)")
     a("--max-steps", type=int, default=0, help="stop after this many steps (0: epochs decide)")
     a("--kill-at-step", type=int, default=0, help="testing: SIGKILL this process after that step")
+    a("--allow-changed-args", action="store_true", help="resume a run in --out although its saved arguments "
+      "differ (the change is recorded in args.json); without it such a resume is refused")
     return ap.parse_args(argv)
+
+
+# flags that may differ when a run resumes: they do not change what it computes (test hooks, checkpoint
+# bookkeeping, timeouts, memory); any other difference from OUT/args.json is refused (dist.resume_args)
+RESUME_FREE = ("kill_at_step", "dist_timeout", "keep_checkpoints", "save_every", "grad_ckpt", "allow_changed_args")
+
+
+def check_args(args):
+    """Every flag, before any model loads or any work: `error: --flag: got X, expected Y`, exit status 2."""
+    import data
+    req = dist.require
+    req(args.epochs > 0, "--epochs", args.epochs, "a number > 0")
+    req(args.max_steps >= 0, "--max-steps", args.max_steps, "an integer >= 0 (0: --epochs decide)")
+    req(args.batch_size >= 1, "--batch-size", args.batch_size, "an integer >= 1")
+    req(args.micro_batch_size >= 1, "--micro-batch-size", args.micro_batch_size, "an integer >= 1")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    req(args.batch_size % (args.micro_batch_size * world) == 0, "--batch-size", args.batch_size,
+        f"a multiple of --micro-batch-size x ranks ({args.micro_batch_size} x {world})")
+    req(args.lr > 0, "--lr", args.lr, "a number > 0")
+    req(0 <= args.min_lr_ratio <= 1, "--min-lr-ratio", args.min_lr_ratio, "a number in [0, 1]")
+    req(0 <= args.warmup <= 1, "--warmup", args.warmup, "a fraction of the steps in [0, 1]")
+    req(args.weight_decay >= 0, "--weight-decay", args.weight_decay, "a number >= 0")
+    req(args.grad_clip > 0, "--grad-clip", args.grad_clip, "a number > 0")
+    req(args.max_len >= 2, "--max-len", args.max_len, "an integer >= 2 (prompt and response tokens)")
+    req(args.eval_every >= 0, "--eval-every", args.eval_every, "an integer >= 0 (0: only at the end)")
+    req(args.save_every >= 1, "--save-every", args.save_every, "an integer >= 1")
+    req(args.keep_checkpoints >= 1, "--keep-checkpoints", args.keep_checkpoints, "an integer >= 1")
+    req(args.dist_timeout > 0, "--dist-timeout", args.dist_timeout, "minutes > 0")
+    req(args.eval_max_new_tokens >= 1, "--eval-max-new-tokens", args.eval_max_new_tokens, "an integer >= 1")
+    req(args.eval_temperature >= 0, "--eval-temperature", args.eval_temperature, ">= 0 (0: greedy)")
+    req(0 < args.eval_top_p <= 1, "--eval-top-p", args.eval_top_p, "a number in (0, 1]")
+    req(args.n_train >= 1, "--n-train", args.n_train, "an integer >= 1")
+    req(args.n_eval >= 1, "--n-eval", args.n_eval, "an integer >= 1")
+    req(1 <= args.digits <= 18, "--digits", args.digits, "an integer in 1..18")
+    req(args.kill_at_step >= 0, "--kill-at-step", args.kill_at_step, "an integer >= 0")
+    if args.data == "classroom":
+        req(args.n_train >= args.batch_size, "--n-train", args.n_train, f"at least one batch "
+            f"(--batch-size {args.batch_size})")
+    try:  # the files are read here once, before the model loads (again after it, for the tokenizer)
+        if args.data != "classroom":
+            n = len(data.load_jsonl(args.data, required=("prompt", "response")))
+            req(n >= args.batch_size, "--data", f"{args.data} ({n} examples)", f"at least one batch "
+                f"(--batch-size {args.batch_size})")
+    except data.DataError as e:
+        dist.arg_error("--data", str(e))
+    try:
+        if args.eval_data != "classroom":
+            rows = data.load_jsonl(args.eval_data) if data.looks_like_path(args.eval_data) \
+                else data.load_benchmark(args.eval_data)
+            req(rows, "--eval-data", args.eval_data, "a non-empty problem set")
+    except data.DataError as e:
+        dist.arg_error("--eval-data", str(e))
+    dist.check_writable("--out", args.out)
+    return dist.resume_args(args.out, vars(args), ignore=RESUME_FREE, allow=args.allow_changed_args)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -144,7 +200,7 @@ def load_eval_rows(args):
     import data
     if args.eval_data == "classroom":
         return data.classroom(args.n_eval, seed=args.seed + 1, split="test", digits=args.digits)
-    if os.path.exists(args.eval_data):
+    if data.looks_like_path(args.eval_data):
         return data.load_jsonl(args.eval_data)[:args.n_eval]
     return data.load_benchmark(args.eval_data)[:args.n_eval]
 
@@ -161,13 +217,13 @@ def run_eval(args, model, tok, rows, step, dtype):
 
 def main(argv=None):
     args = parse_args(argv)
+    saved_args = check_args(args)
     rank, world, device = dist.init(args.dist_timeout)
     dtype = dist.compute_dtype(args.dtype, device)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     if rank == 0:
-        with open(os.path.join(args.out, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
+        dist.write_atomic(os.path.join(args.out, "args.json"), json.dumps(saved_args, indent=2))
 
     # model: fp32 master weights; bf16 compute via FSDP's mixed precision or autocast
     model, tok = M.load(args.model, dtype=torch.float32, device=device, seed=args.seed)
@@ -253,8 +309,7 @@ def main(argv=None):
     ev = run_eval(args, model, tok, eval_rows, step, dtype)
     log({"step": step, **{f"eval/{k}": v for k, v in ev.items()}})
     if rank == 0:  # marks the run finished (ppo.py reuses a finished classroom SFT run)
-        with open(os.path.join(args.out, "done.json"), "w") as f:
-            json.dump(ev, f)
+        dist.write_atomic(os.path.join(args.out, "done.json"), json.dumps(ev))
     dist.print0(f"checkpoint: {ckpt} (loadable with model.load)")
     dist.print0(f"held-out accuracy {ev['accuracy']:.2f} (n={ev['n']}), mean response length {ev['mean_length']:.0f} tokens")
     return ev

@@ -1419,11 +1419,14 @@ def grade_batch(texts: list[str], golds: list[str], kinds: list[str] | str = "ma
     return out
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for f in fields(Args):
         p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    if a.kind.strip().lower() not in _KINDS:  # refused up front: `error: --kind: got X, expected Y`, exit 2
+        import dist
+        dist.arg_error("--kind", f"got {a.kind!r}, expected one of {', '.join(sorted(_KINDS))}")
     print(grade(a.text, a.gold, a.kind))
 
 

@@ -324,13 +324,16 @@ def reference_nucleus(logits, temperature, top_p):
 
 
 SPECIAL_U = [0.0, 1e-7, 1e-3, 0.25, 0.5, 0.999, 1 - 2 ** -24]  # 1 - 2^-24: the largest fp32 below 1
+# Seeds whose row (N(0, 2.5^2) logits, rounded to bf16) has its nucleus mass > 1e-5 from top_p at (0.7, 0.9) and
+# (1.3, 0.5): with 152K entries most seeds put a cumulative step within 1e-5 of top_p (seed 16 did at 152064)
+LARGE_VOCAB_SEED = {152064: 28, 151936: 17}
 
 
 @needs_triton
 @pytest.mark.parametrize("V", [1000, 5003] + ([152064] if CUDA else []))
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (1.3, 0.5)])
 def test_sample_triton_matches_ref(V, temperature, top_p):
-    logits_1 = randn(V, seed=16, scale=2.5)
+    logits_1 = randn(V, seed=LARGE_VOCAB_SEED.get(V, 16), scale=2.5)
     B = 64 if (CUDA or V < 2000) else 32  # the interpreter pays per program and per vocabulary block
     logits = logits_1[None, :].expand(B, V)  # one row seen B times (row stride 0): one draw per u
     u = torch.cat([torch.tensor(SPECIAL_U), torch.rand(B - len(SPECIAL_U), generator=gen(17))]).to(DEVICE)
@@ -359,7 +362,10 @@ def test_sample_split_matches_ref(V, B, splits, block, temperature, top_p):
     """Each row's work split over several programs (small batches) against the reference, as above."""
     chunk, C = sampling.split_chunks(V, splits, block or sampling.split_block(V, splits))
     assert V == 1 or C > 1, "the case must really split the row"
-    logits = randn(B, V, seed=30 + V % 97, scale=2.5)
+    if V in LARGE_VOCAB_SEED:  # one row seen B times (a different u each), as in the test above
+        logits = randn(V, seed=LARGE_VOCAB_SEED[V], scale=2.5)[None, :].expand(B, V)
+    else:  # a different row each; seeds with an unambiguous nucleus in every row (fp32 and bf16)
+        logits = randn(B, V, seed=40 + V % 97, scale=2.5)
     u = torch.cat([torch.tensor(SPECIAL_U), torch.rand(64, generator=gen(31))])[:B].to(DEVICE)
     tok, lp = sampling.sample_split_triton(logits, temperature, top_p, u, splits=splits, block=block)
     ref_tok, _ = sampling.sample_ref(logits, temperature, top_p, u)
@@ -389,7 +395,7 @@ def test_sample_split_full_vocabulary_cheap(top_p):
     nucleus = reference_nucleus(logits[0].cpu(), 1.0, top_p)
     members = nucleus.nonzero().flatten()
     assert int(tok[0]) == int(members[0]) and int(tok[2]) == int(members[-1])
-    assert check_tokens_match(logits.cpu(), 1.0, top_p, u.cpu(), tok.cpu(), ref_tok.cpu(), nucleus) == 0
+    assert torch.equal(tok.cpu(), ref_tok.cpu()) and nucleus[tok.cpu()].all()  # ties at tau: the nucleus is exact
     full = torch.log_softmax(logits.float(), -1)
     torch.testing.assert_close(lp, full.gather(-1, tok[:, None]).squeeze(-1), rtol=1e-5, atol=1e-5)
 
@@ -452,10 +458,11 @@ def test_sample_ties_at_threshold_all_in_nucleus(impl):
     logits[[20, 600, 1400]] = 1.0  # three tokens tied at the threshold
     p = torch.softmax(logits.double(), 0)
     top_p = float(p[10] + p[1200] + 0.5 * p[20])  # needs one of the tied tokens -> all three are in
-    u = torch.linspace(0, 1, 101)[:-1]  # 100 draws spread over [0, 1): every nucleus token has mass > 1%
-    tok, _ = fn(logits.to(DEVICE, DTYPE)[None].expand(100, V), 1.0, top_p, u.to(DEVICE))
+    n = 40 if (impl == "split" and not CUDA) else 100  # the interpreter pays per program (3 per row when split)
+    u = torch.linspace(0, 1, n + 1)[:-1]  # n draws spread over [0, 1): every nucleus token has mass > 7%
+    tok, _ = fn(logits.to(DEVICE, DTYPE)[None].expand(n, V), 1.0, top_p, u.to(DEVICE))
     assert set(tok.tolist()) == {10, 20, 600, 1200, 1400}
-    ref_tok, _ = sampling.sample_ref(logits[None].expand(100, V), 1.0, top_p, u)
+    ref_tok, _ = sampling.sample_ref(logits[None].expand(n, V), 1.0, top_p, u)
     assert torch.equal(tok.cpu(), ref_tok)  # boundaries are far apart here: exact agreement
 
 
@@ -465,8 +472,9 @@ def test_sample_triton_never_outside_nucleus():
     logits = randn(B, V, seed=21, scale=4.0)  # a different distribution per row
     u = torch.rand(B, generator=gen(22)).to(DEVICE)
     for temperature, top_p, splits in ((1.0, 0.3, 1), (0.6, 0.95, 1), (0.6, 0.95, 4)):
-        tok, _ = sampling.sample_triton(logits, temperature, top_p, u, splits=splits)
-        for b in range(B):
+        rows = B if (CUDA or splits == 1) else 12  # the interpreter pays per program
+        tok, _ = sampling.sample_triton(logits[:rows], temperature, top_p, u[:rows], splits=splits)
+        for b in range(rows):
             nucleus = reference_nucleus(logits[b].cpu(), temperature, top_p)
             assert nucleus[tok[b]], f"row {b}: token {int(tok[b])} outside the nucleus"
 
@@ -497,6 +505,8 @@ def test_sample_chi_square(impl):
     the chi-square approximation), 4000 elsewhere."""
     if impl != "ref" and not TRITON_RUNS:
         pytest.skip("Triton cannot run here")
+    if impl == "split" and not CUDA:
+        pytest.skip("too slow in the interpreter (~30 s); test_sample_split_matches_ref holds it to the reference")
     fn = implementation(impl)
     n = 200 if (impl != "ref" and not CUDA) else 4000
     counts, chi2 = chi_square_draws(fn, n, 0.8, 0.9)
