@@ -609,66 +609,6 @@ def classroom(n: int, seed: int, split: str = "train", *, ops: str | Sequence[st
     return rows
 
 
-def products_long_cot(a: int, b: int, rng: random.Random, p_error: float) -> str:
-    """Multiplication by decomposition (the replication's task, replicate.py): one line per digit of b, each a
-    product by one digit (shifted by its zeros) that a small model can learn to write in one go, then one line
-    adding the partial products. Every line starts with the problem, so the operands sit at a fixed distance
-    from the line start. With probability p_error one partial product is first wrong, then 'Wait, recheck:' and
-    the line again, right. A one-digit b has one line (nothing to decompose).
-
-        37*46: 37*6=222
-        37*46: 37*40=1480
-        37*46: 222+1480=1702
-        \\boxed{1702}
-    """
-    head = f"{a}*{b}: "
-    parts = [a * int(d) * 10 ** i for i, d in enumerate(reversed(str(b)))]  # a * (digit i of b) * 10^i
-    lines = [f"{head}{a}*{int(d) * 10 ** i}={p}" for i, (d, p) in enumerate(zip(reversed(str(b)), parts))]
-    if len(parts) > 1:
-        lines.append(f"{head}{'+'.join(str(p) for p in parts)}={a * b}")
-    bad = rng.randrange(len(parts)) if rng.random() < p_error else -1
-    out = []
-    for i, line in enumerate(lines):
-        if i == bad:
-            lhs, value = line.rsplit("=", 1)
-            out.append(f"{lhs}={_wrong(int(value), rng, 0, 10 ** (len(value) + 1))}")
-            out.append(RECHECK + line)
-        else:
-            out.append(line)
-    out.append(f"\\boxed{{{a * b}}}")
-    return "\n".join(out)
-
-
-def products(n: int, seed: int, split: str = "train", *, a_digits: Sequence[int] = (2, 3),
-             b_digits: Sequence[int] = (1, 2), p_error: float = 0.3, test_frac: float = 0.1) -> list[dict]:
-    """n distinct multiplications a*b, the digits of a drawn from a_digits and of b from b_digits (a mix of
-    sizes: a one-digit b takes one line, a two-digit b three), a pure function of (seed, split, knobs). Rows as
-    `classroom`'s: id, problem ("37*46=?"), answer, long_cot (products_long_cot), short_cot ("37*46=1702.
-    \\boxed{1702}"), kind="math". The train and test splits are hash-disjoint (is_test_problem)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if not a_digits or not b_digits or not all(1 <= d <= 9 for d in list(a_digits) + list(b_digits)):
-        raise ValueError(f"a_digits and b_digits must be non-empty lists of 1..9, got {a_digits}, {b_digits}")
-    rng = random.Random(f"products/{split}/{seed}")
-    rows, seen, tries = [], set(), 0
-    while len(rows) < n:
-        tries += 1
-        if tries > 50 * n + 10_000:
-            raise ValueError(f"could only find {len(rows)} distinct {split} problems of {n} for digits "
-                             f"{a_digits} x {b_digits}")
-        da, db = rng.choice(list(a_digits)), rng.choice(list(b_digits))
-        a = rng.randint(10 ** (da - 1) if da > 1 else 2, 10 ** da - 1)
-        b = rng.randint(10 ** (db - 1) if db > 1 else 2, 10 ** db - 1)
-        problem = f"{a}*{b}=?"
-        if problem in seen or is_test_problem(problem, test_frac) != (split == "test"):
-            continue
-        seen.add(problem)
-        rows.append({"id": f"products-{split}-{seed}-{len(rows)}", "problem": problem, "answer": str(a * b),
-                     "long_cot": products_long_cot(a, b, rng, p_error), "short_cot": short_cot(a, b, "mul"),
-                     "kind": "math"})
-    return rows
-
-
 def sft_rows(rows: Iterable[dict], cot: str = "long", tokenizer=None) -> list[dict]:
     """(prompt, response) pairs for SFT; the response is the trace without EOS (the trainer appends it)."""
     if cot not in ("long", "short"):

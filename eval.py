@@ -4,7 +4,6 @@
     python eval.py --model tiny --benchmarks classroom --n 4 --max-new-tokens 400
     torchrun --standalone --nproc_per_node 8 eval.py --model qwen-math-7b     # questions split across ranks
     python eval.py --plot runs/ppo/            # training curves (accuracy, response length) -> runs/ppo/curves.png
-    python eval.py --replicate                 # the miniature replication (tiny model, classroom task, CPU)
 
     from eval import evaluate
     metrics, records = evaluate(model, tok, rows, n=1)   # rows: dicts with problem, answer, kind (data.py)
@@ -134,112 +133,6 @@ def plot_curves(run_dir, out=None):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The miniature replication: the paper's three findings on the tiny model and the classroom task
-# ----------------------------------------------------------------------------------------------------
-README_START, README_END = "<!-- replication:start -->", "<!-- replication:end -->"
-
-
-# Sized so the whole replication takes < 30 minutes on a 2-core CPU (measured: see README): the long-CoT SFT is
-# `python sft.py` as it is (~5 minutes), the PPO runs take 10 iterations instead of `python ppo.py`'s 20.
-REPLICATE_N_LONG = 2000  # long-CoT SFT problems (sft.py's default); short CoT gets ~4.5x as many
-REPLICATE_SFT_ARGS = []  # extra sft.py flags for both SFT runs (the tests shrink the run with these)
-REPLICATE_PPO_ARGS = ["--iterations", "10"]  # extra ppo.py flags for the three PPO runs
-
-
-def replicate(root="runs/replicate", n_long=REPLICATE_N_LONG, sft_args=None, ppo_args=None, readme="README.md"):
-    """1. SFT on long vs short CoT with the same token budget; 2. PPO (cosine reward) from each; 3. classic vs
-    cosine reward from the long-CoT SFT model. Writes ROOT/results.md, ROOT/reward_curves.png and the table into
-    the README between the replication markers. A finished stage (its done.json) is reused, so an interrupted
-    replication picks up where it stopped; every run also resumes from its own checkpoint."""
-    import time
-
-    import data
-    import model as M
-    import ppo
-    import sft
-    sft_args = REPLICATE_SFT_ARGS if sft_args is None else sft_args
-    ppo_args = REPLICATE_PPO_ARGS if ppo_args is None else ppo_args
-    _, tok = M.load("tiny")
-    def mean_tokens(cot):  # prompt + response + EOS, per example
-        rows = data.sft_rows(data.classroom(300, seed=0, split="train"), cot=cot, tokenizer=tok)
-        return sum(len(tok(r["prompt"] + r["response"])["input_ids"]) + 1 for r in rows) / len(rows)
-    n_short = round(n_long * mean_tokens("long") / mean_tokens("short"))  # same token budget
-    results, t_start = {}, time.time()
-    for cot, n in (("long", n_long), ("short", n_short)):
-        out, t0 = os.path.join(root, f"sft-{cot}"), time.time()
-        done = os.path.join(out, "done.json")
-        if not os.path.exists(done):
-            sft.main(["--out", out, "--cot", cot, "--n-train", str(n)] + sft_args)
-        with open(done) as f:
-            results[f"sft-{cot}"] = {"n_train": n, **json.load(f), "minutes": (time.time() - t0) / 60}
-    for cot, rew in (("long", "cosine"), ("short", "cosine"), ("long", "classic")):
-        name, t0 = f"ppo-{cot}-{rew}", time.time()
-        out = os.path.join(root, name)
-        if not os.path.exists(os.path.join(out, "done.json")):  # written by ppo.py when it finishes
-            ppo.main(["--sft-out", os.path.join(root, f"sft-{cot}"), "--out", out, "--reward", rew] + ppo_args)
-        train, held = read_curves(out)
-        results[name] = {"held_out": held, "train": train, "minutes": (time.time() - t0) / 60}
-    table = replication_table(results, (time.time() - t_start) / 60)
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "results.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(root, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    try:
-        plot_reward_comparison(results, os.path.join(root, "reward_curves.png"))
-    except ImportError:
-        pass
-    if readme and os.path.exists(readme):
-        text = open(readme).read()
-        if README_START in text and README_END in text:
-            head, rest = text.split(README_START, 1)
-            _, tail = rest.split(README_END, 1)
-            with open(readme, "w") as f:
-                f.write(head + README_START + "\n" + table + "\n" + README_END + tail)
-    print(table)
-    return results
-
-
-def replication_table(results, minutes):
-    """Markdown: one row per stage, held-out accuracy (and its change under PPO), response length, wall time."""
-    cmd = "python eval.py --replicate"
-    lines = [f"Made by `{cmd}` (tiny model, classroom task, CPU; {minutes:.0f} minutes wall in all).", "",
-             "| stage | held-out accuracy | mean response length (tokens) | minutes |", "|---|---|---|---|"]
-    for cot in ("long", "short"):
-        r = results[f"sft-{cot}"]
-        lines.append(f"| SFT, {cot} CoT ({r['n_train']} problems, same token budget) | {r['accuracy']:.3f} "
-                     f"| {r['mean_length']:.0f} | {r['minutes']:.1f} |")
-    for name in ("ppo-long-cosine", "ppo-short-cosine", "ppo-long-classic"):
-        held = results[name]["held_out"]
-        (_, a0, l0), (s1, a1, l1) = held[0], held[-1]
-        _, cot, rew = name.split("-")
-        lines.append(f"| PPO from {cot}-CoT SFT, {rew} reward, {s1} iterations | {a0:.3f} -> {a1:.3f} "
-                     f"(gain {a1 - a0:+.3f}) | {l0:.0f} -> {l1:.0f} | {results[name]['minutes']:.1f} |")
-    n = results["sft-long"].get("n", 0)
-    if n:
-        lines.append(f"\nHeld-out: {n} unseen classroom problems, one sample each at temperature 0.7, top-p 0.95 "
-                     f"(standard error about {math.sqrt(0.25 / n):.3f} near accuracy 0.5).")
-    return "\n".join(lines)
-
-
-def plot_reward_comparison(results, out):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name in ("ppo-long-cosine", "ppo-long-classic"):
-        steps, acc, length = zip(*results[name]["train"])
-        ax1.plot(steps, acc, label=name)
-        ax2.plot(steps, length, label=name)
-    ax1.set(xlabel="PPO iteration", ylabel="rollout accuracy", title="accuracy")
-    ax2.set(xlabel="PPO iteration", ylabel="tokens", title="response length")
-    ax1.legend(), ax2.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------
 def parse_args(argv=None):
@@ -259,8 +152,6 @@ def parse_args(argv=None):
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
     a("--out", default="runs/eval", help="per-sample JSONL and summary.json go here")
     a("--plot", metavar="RUN_DIR", help="instead of evaluating: draw RUN_DIR/metrics.jsonl to RUN_DIR/curves.png")
-    a("--replicate", action="store_true", help="instead of evaluating: run the miniature replication")
-    a("--replicate-dir", default="runs/replicate", help="where the replication's runs go")
     return ap.parse_args(argv)
 
 
@@ -273,8 +164,6 @@ def check_args(args):
         path = os.path.join(args.plot, "metrics.jsonl")
         req(os.path.isfile(path), "--plot", args.plot, "a run directory of sft.py or ppo.py (with metrics.jsonl)")
         dist.check_writable("--plot", args.plot)
-        return {}
-    if args.replicate:  # runs sft.py and ppo.py, which check their own flags
         return {}
     req(args.n >= 1, "--n", args.n, "an integer >= 1 (samples per question)")
     req(args.limit >= 0, "--limit", args.limit, "an integer >= 0 (0: all questions)")
@@ -305,8 +194,6 @@ def main(argv=None):
     if args.plot:
         print(f"wrote {plot_curves(args.plot)}")
         return None
-    if args.replicate:
-        return replicate(args.replicate_dir)
     import model as M
     rank, world, device = dist.init()
     dtype = dist.compute_dtype(args.dtype, device)

@@ -313,6 +313,14 @@ class CausalLM(nn.Module):
         self.logprob_chunk = 1024  # rows of (chunk, V) logits alive at once in the log-prob path
         self._rope = None  # (cos, sin) tables (P, head_dim/2) fp32, grown on demand
 
+    def to_empty(self, *, device, recurse=True):
+        """nn.Module.to_empty gives each module its own new tensor, which unties lm_head from the embeddings: tie
+        them again (a model built on the meta device, then given storage: sample.decode_copy, plan.py)."""
+        super().to_empty(device=device, recurse=recurse)
+        if self.cfg.tie_word_embeddings and self.lm_head.weight is not self.model.embed_tokens.weight:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        return self
+
     def rope_tables(self, n_pos, device):
         if self._rope is None or self._rope[0].shape[0] < n_pos or self._rope[0].device != torch.device(device):
             n = max(n_pos, min(self.cfg.max_position_embeddings, 32768))

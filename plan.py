@@ -337,13 +337,7 @@ def run_iteration(cfg, s, probe, device, metas, passes=2, log=print):
                         kv_bytes=slots * sample.kv_bytes_per_slot(cfg, capacity, bf16))
             state = sample.DecodeState(copy, slots, capacity, bf16, device, use_graph=False)
             state.reset(0, R, 0, [int(cfg.eos_token_id or 0)])
-            ids = torch.zeros(slots, P, dtype=torch.long, device=device)  # every slot refilled at once
-            mask = torch.ones_like(ids)
-            slot_t = torch.arange(slots, device=device)
-            out = copy(ids, attention_mask=mask, cache=state.cache, slots=slot_t)
-            state.logits[slot_t] = out.logits.to(bf16)
-            del out, ids, mask
-            state.active.fill_(True)
+            state.prefill(copy, [(b, [0] * P, b) for b in range(slots)], pad=0)  # every slot refilled at once
             state.cache.lengths.fill_(capacity - 1)  # full context: every row reads its whole cache
             state.step(copy, s["temperature"], 1.0)
             del state

@@ -52,7 +52,9 @@ from model import CausalLM, KVCache
 
 GiB = 1 << 30
 CPU_KV_BUDGET = 4 * GiB  # KV-cache budget on a CPU (no cheap "free memory" query there; a laptop has >= 8 GiB)
-GPU_MARGIN = 0.10  # on a GPU the budget is free memory minus this fraction of the total, kept for the decode
+PREFILL_TOKENS = 16384  # padded prompt tokens per prefill forward: its activations (~2 GiB at 7B) come out of the
+#   margin below, not out of the KV cache (prefilling 32 slots x 2,048 tokens at once took ~8 GiB: plan.py)
+GPU_MARGIN = 0.15  # on a GPU the budget is free memory minus this fraction of the total, kept for the decode
 #                    step's activations and logits, the sampling workspaces and allocator fragmentation
 CAPACITY_ROUND = 128  # on a GPU, cache capacity is rounded up to a multiple of this, so that calls whose longest
 #                       prompt differs a little share one cached cache and graph (keep_cache=True)
@@ -191,11 +193,37 @@ class DecodeState:
         self.stop.fill_(-1)
         self.stop[:len(stop)] = torch.tensor(stop, dtype=torch.long)
 
+    def prefill(self, model, rows, pad, max_tokens=None):
+        """Start jobs in idle slots. rows: [(slot, prompt token ids, the job's random-stream key)]. The prompts run
+        through the model in chunks of at most `max_tokens` padded tokens (at least one row each), right-padded,
+        writing their keys and values into the cache rows and each slot's next-token logits."""
+        max_tokens = max_tokens or PREFILL_TOKENS
+        i = 0
+        while i < len(rows):
+            n, T = 1, len(rows[i][1])
+            while i + n < len(rows) and (n + 1) * max(T, len(rows[i + n][1])) <= max_tokens:
+                T = max(T, len(rows[i + n][1]))
+                n += 1
+            chunk, i = rows[i:i + n], i + n
+            ids = torch.full((n, T), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, (_, p, _) in enumerate(chunk):  # right padding: prompt tokens at cache positions 0..len-1
+                ids[r, :len(p)] = torch.tensor(p)
+                mask[r, :len(p)] = 1
+            slot_t = torch.tensor([slot for slot, _, _ in chunk], device=self.device)
+            out = model(ids.to(self.device), attention_mask=mask.to(self.device), cache=self.cache, slots=slot_t)
+            self.logits[slot_t] = out.logits.to(self.dtype)
+            del out
+            self.key[slot_t] = torch.tensor([key for *_, key in chunk], device=self.device)
+            self.steps[slot_t] = 0
+            self.eos[slot_t] = False
+            self.active[slot_t] = True
+
     def step(self, model, temperature, top_p):
         """One token for every slot: draw from `logits`, record, stop rows, then the forward for the next token."""
         active = self.active
         u = uniform(self.seed, self.key, self.steps)  # (B,) the draw's randomness, reproducible from the seed
-        new, lp = kernels.sample(self.logits, temperature, 1.0, u)  # (B,), (B,)
+        new, lp = kernels.sample(self.logits, temperature, top_p, u)  # (B,), (B,)
         col = torch.where(active, self.steps, self.trash)[:, None]  # (B, 1) idle rows write the trash column
         self.tokens.scatter_(1, col, new[:, None])
         self.logprobs.scatter_(1, col, lp[:, None])
@@ -322,23 +350,11 @@ def generate(model: CausalLM, tokenizer, prompts, n=1, temperature=0.7, top_p=0.
     n_tokens, t0 = 0, time.time()
     while True:
         free = [s for s in range(B) if owner[s] is None]
-        if free and jobs:  # continuous batching: refill free slots with waiting prompts (one prefill)
+        if free and jobs:  # continuous batching: refill free slots with waiting prompts
             take, jobs = jobs[:len(free)], jobs[len(free):]
-            slots = free[:len(take)]
-            T = max(len(ids) for _, _, ids, _ in take)
-            ids = torch.full((len(take), T), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, (pi, k, p, _) in enumerate(take):  # right padding: prompt tokens at cache positions 0..len-1
-                ids[r, :len(p)] = torch.tensor(p)
-                mask[r, :len(p)] = 1
-                owner[slots[r]], ran[slots[r]] = (pi, k), 0
-            slot_t = torch.tensor(slots, device=device)
-            out = model(ids.to(device), attention_mask=mask.to(device), cache=state.cache, slots=slot_t)
-            state.logits[slot_t] = out.logits.to(dtype)
-            state.key[slot_t] = torch.tensor([key for *_, key in take], device=device)
-            state.steps[slot_t] = 0
-            state.eos[slot_t] = False
-            state.active[slot_t] = True
+            for slot, (pi, k, _, _) in zip(free, take):
+                owner[slot], ran[slot] = (pi, k), 0
+            state.prefill(model, [(slot, p, key) for slot, (_, _, p, key) in zip(free, take)], pad)
         busy = [s for s in range(B) if owner[s] is not None]
         if not busy:
             break
@@ -392,9 +408,7 @@ def decode_copy(model: CausalLM, copy: CausalLM = None, dtype=torch.bfloat16):
         device = w.to_local().device if hasattr(w, "to_local") else w.device
         with torch.device("meta"):
             copy = CausalLM(model.cfg).to(dtype)  # on meta: no memory yet
-        copy.to_empty(device=device)
-        if model.cfg.tie_word_embeddings:
-            copy.lm_head.weight = copy.model.embed_tokens.weight
+        copy.to_empty(device=device)  # (CausalLM.to_empty keeps lm_head tied to the embeddings)
     dst = dict(copy.named_parameters())
     if set(dst) != set(src):
         raise ValueError(f"decode_copy: parameter names differ: missing {sorted(set(dst) - set(src))[:3]}, "

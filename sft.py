@@ -211,7 +211,7 @@ def run_eval(args, model, tok, rows, step, dtype):
     from sample import decode_copy
     net = decode_copy(model, dtype=dtype) if dist.world() > 1 else model
     metrics, _ = evaluate(net, tok, rows, temperature=args.eval_temperature, top_p=args.eval_top_p,
-                          max_new_tokens=args.eval_max_new_tokens, seed=args.seed + step, batch_size=64)
+                          max_new_tokens=args.eval_max_new_tokens, seed=args.seed + step)
     return metrics
 
 
@@ -244,6 +244,8 @@ def main(argv=None):
     total = int(args.epochs * steps_per_epoch)
     if args.max_steps:
         total = min(total, args.max_steps)
+    if total < 1:  # (known only now: the steps per epoch depend on the tokenised lengths)
+        raise ValueError(f"--epochs {args.epochs} x {steps_per_epoch} steps per epoch is less than one step")
     warmup = max(1, int(args.warmup * total))
 
     step = 0

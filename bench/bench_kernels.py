@@ -83,7 +83,19 @@ def compile_only():
         build(sampling._sample_kernel, dict(logits_ptr=bf, u_ptr="*fp32", tok_ptr="*i64", lp_ptr="*fp32"),
               ("temperature", "top_p"), dict(GREEDY=greedy, TOP_P=top_p, BLOCK=1024, NT=sampling.NT,
                                               SEARCH_PASSES=sampling.SEARCH_PASSES, ONE_BITS=sampling.ONE_BITS), 8)
-    return 10
+    f32, i64, i32 = "*fp32", "*i64", "*i32"  # the split sampler (small batches): 6 variants
+    build(sampling._split_stats_kernel, dict(logits_ptr=bf, m_ptr=f32, s_ptr=f32), ("temperature",),
+          dict(BLOCK=1024), 8)
+    build(sampling._split_search_kernel, dict(logits_ptr=bf, m_ptr=f32, s_ptr=f32, lohi_ptr=i64, mass_ptr=f32,
+                                              vmin_ptr=i32, vmax_ptr=i32), ("temperature", "top_p"),
+          dict(BLOCK=1024, BLOCK_C=64, NT=sampling.NT, ONE_BITS=sampling.ONE_BITS), 8)
+    for top_p in (False, True):
+        build(sampling._split_mass_kernel, dict(logits_ptr=bf, m_ptr=f32, s_ptr=f32, lohi_ptr=i64, w_ptr=f32),
+              ("temperature",), dict(TOP_P=top_p, BLOCK=1024, BLOCK_C=64), 8)
+        build(sampling._split_draw_kernel, dict(logits_ptr=bf, m_ptr=f32, s_ptr=f32, lohi_ptr=i64, w_ptr=f32,
+                                                u_ptr=f32, tok_ptr=i64, lp_ptr=f32),
+              ("temperature",), dict(TOP_P=top_p, BLOCK=1024, BLOCK_C=64), 8)
+    return 16
 
 
 def timer(fn, args):

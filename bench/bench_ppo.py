@@ -145,7 +145,7 @@ def ppo_iteration(policy, critic, ref, sampler, actor_opt, critic_opt, tok, prom
     with kernels.use(train_backend):
         for s in range(0, len(perm), args.train_batch):
             batch = sorted(perm[s:s + args.train_batch], key=lambda b: int(ends[b]))
-            n_tok = mask[batch].sum()
+            n_seq = float(len(batch))  # the authors' aggregation: each response's token mean, averaged
             for mbi in micro_batches([int(ends[b]) for b in batch], args.micro_tokens, args.micro_batch):
                 mb = [batch[b] for b in mbi]
                 x, st, r = trim(ids, starts, lengths, mb, device)
@@ -153,8 +153,8 @@ def ppo_iteration(policy, critic, ref, sampler, actor_opt, critic_opt, tok, prom
                 with autocast():
                     lp, _ = forward_response(policy, x, st, r, args.temperature)
                     v = forward_response(critic, x, st, r, args.temperature, values=True)
-                pl, _ = policy_loss(lp.float(), on(old_lp), on(adv), on(mask), 0.2, n_tok)
-                vl, _ = value_loss(v, on(old_v), on(returns), on(mask), 0.2, n_tok)
+                pl, _ = policy_loss(lp.float(), on(old_lp), on(adv), on(mask), 0.2, "seq-mean-token-mean", n_seq)
+                vl, _ = value_loss(v, on(old_v), on(returns), on(mask), 0.2, "seq-mean-token-mean", n_seq)
                 (pl + vl).backward()
                 n_micro += 1
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)

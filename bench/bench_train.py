@@ -165,7 +165,7 @@ def main():
                 logp = model(ids, labels=labels, temperature=args.temperature).logprobs  # (B, T) fp32
             else:
                 logp = naive_logprobs(model, ids, labels, args.temperature)
-        loss, _ = policy_loss(logp, old_logp, adv, mask, 0.2, n_tokens)
+        loss, _ = policy_loss(logp, old_logp, adv, mask, 0.2, "token-mean", n_tokens)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -7,7 +7,7 @@
     y = kernels.rms_norm(x, weight, eps)
     q, k = kernels.apply_rope(q, k, positions, cos_table, sin_table)
     o = kernels.decode_attention(q, k_cache, v_cache, lengths, scale=None, max_len=None)
-    tokens, logprobs = kernels.sample(logits, temperature, top_p, u)
+    tokens, logprobs = kernels.sample(logits, temperature, top_p, u)   # small batches: rows split over programs
 
 Each op lives in its own file with its reference (`<op>_ref`, plain torch: the definition, read it first) and
 its Triton version (`<op>_triton`): rmsnorm.py, rope.py, decode_attention.py, sampling.py. (logprobs.py, the

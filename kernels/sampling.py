@@ -18,7 +18,10 @@ Semantics (Holtzman et al., 2020, "The Curious Case of Neural Text Degeneration"
 
 Parts:
   sample_ref(logits, temperature, top_p, u)       plain torch: a full sort and cumsum, the definition
-  sample_triton(logits, temperature, top_p, u)    one Triton program per row, no sort
+  sample_triton(logits, temperature, top_p, u)    Triton, no sort: one program per row once the batch fills the
+                                                  GPU, else each row split over several (choose_sample_splits)
+  sample_split_triton(..., splits)                the split version (end of file): chunks of the vocabulary, the
+                                                  same threshold search with its partial masses combined per pass
 Called through `kernels.sample` (kernels/__init__.py). Tested in tests/test_kernels.py, timed in
 bench/bench_kernels.py.
 
@@ -42,6 +45,16 @@ Cost, in passes over the row's V logits (each re-reads V values; for a 152K voca
 Per element a search pass does ~40 simple operations (the 8 compares dominate). A full sort costs
 O(V log V) work and a (B, V) index buffer; here there is no extra memory. The price: one row runs on one SM,
 so batch 1 is latency-bound while a large batch fills the GPU (bench/bench_kernels.py prints both).
+
+Small batches: sample_split_triton cuts each row into C chunks of whole BLOCKs (choose_sample_splits: ~2
+programs per SM, >= MIN_CHUNK entries each; batch 1 at V = 152064: 50 chunks of 3072) and runs the same steps
+as separate launches, each with grid (B, C) (or (B,)), so no program waits for another: chunk max and sum-exp;
+SEARCH_PASSES + 1 search launches, launch k first narrowing [lo, hi) from launch k - 1's per-chunk partial
+masses and data bounds (every program of a row computes the same interval from the same numbers; the chunk-0
+program stores it for launch k + 1), then adding up its own chunk's partials (two buffers alternate, so no
+launch reads what it writes); each chunk's nucleus mass; the draw, which picks the chunk where the running
+mass passes u * total and scans that chunk only. 14 launches, no host sync, grids fixed by (B, V): CUDA-graph
+capturable. p is computed from the row's combined max and sum by the same instructions everywhere.
 
 Where results may differ from the reference: p comes from two different exp implementations and is summed in
 two different orders, so the two agree to ~1e-7 relative. The token can differ only if u * mass lies within

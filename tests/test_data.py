@@ -15,7 +15,8 @@ import data
 from data import DataError
 
 SHARED = Path(data.__file__).resolve().parent.parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not (SHARED / "math500.jsonl").is_file(), reason="no /work/shared/data")
+needs_shared = pytest.mark.skipif(not (SHARED / "math500.jsonl").is_file(),
+                                  reason=f"../shared/data not found: {SHARED / 'math500.jsonl'}")
 
 
 def boxed(text):

@@ -1,5 +1,5 @@
 """eval.py: reflection-word counts, the summary table, the CLI on the classroom task (one process and torchrun),
-training-curve plots, the miniature replication at toy size."""
+training-curve plots."""
 import json
 import math
 import subprocess
@@ -53,30 +53,23 @@ def test_plot_curves(tmp_path):
         E.read_curves(str(tmp_path / "bad"))
 
 
-def test_replicate_smoke_writes_table_into_readme(tmp_path):
-    """The whole replication at toy size: five runs, results files, the table between the README markers (the
-    text around them untouched), and a second call reuses the finished runs (their done.json) instead of redoing them."""
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\nbefore\n{E.README_START}\nold table\n{E.README_END}\nafter\n")
-    sft_args = ["--max-steps", "2", "--batch-size", "8", "--micro-batch-size", "8", "--n-eval", "4",
-                "--eval-max-new-tokens", "8"]
-    ppo_args = ["--iterations", "1", "--rollout-batch", "2", "--n-samples", "2", "--train-batch", "4",
-                "--n-eval", "4", "--eval-every", "1", "--max-new-tokens", "8"]
-    root = tmp_path / "rep"
-    results = E.replicate(str(root), n_long=16, sft_args=sft_args, ppo_args=ppo_args, readme=str(readme))
-    assert results["sft-short"]["n_train"] > 3 * 16  # short traces are ~4.5x shorter: more problems, same tokens
-    text = readme.read_text()
-    assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{E.README_END}\nafter\n")
-    assert "old table" not in text and "python eval.py --replicate" in text
-    for stage in ("SFT, long CoT", "SFT, short CoT", "PPO from long-CoT SFT, cosine reward, 1 iterations",
-                  "PPO from short-CoT SFT, cosine reward", "PPO from long-CoT SFT, classic reward"):
-        assert stage in text
-    assert (root / "results.md").read_text().strip() in text
-    assert json.loads((root / "ppo-long-classic" / "args.json").read_text())["reward"] == "classic"
-    mtime = (root / "ppo-long-classic" / "metrics.jsonl").stat().st_mtime
-    again = E.replicate(str(root), n_long=16, sft_args=sft_args, ppo_args=ppo_args, readme=str(readme))
-    assert (root / "ppo-long-classic" / "metrics.jsonl").stat().st_mtime == mtime  # reused, not re-run
-    assert again["ppo-long-cosine"]["held_out"] == results["ppo-long-cosine"]["held_out"]
+def test_evaluate_counts_verified_answers_as_correct(monkeypatch):
+    """A right answer counts as correct and a wrong one as wrong (the records, accuracy and its SE): the sampler is
+    replaced by fixed responses, the verifier is the real one."""
+    import model as M
+    from sample import Sample
+    net, tok = M.load("tiny")
+    texts = {"2+2=?": ["so \\boxed{4}", "\\boxed{5}"], "3+3=?": ["\\boxed{6}", "\\boxed{6}"]}
+
+    def fake_generate(model, tokenizer, prompts, n, **kw):
+        return [[Sample(i, [1] * 3, [0.0] * 3, texts[p.split("\n")[0]][k], "eos") for k in range(n)]
+                for i, p in enumerate(prompts)]
+    monkeypatch.setattr(E, "generate", fake_generate)
+    rows = [{"problem": "2+2=?", "answer": "4"}, {"problem": "3+3=?", "answer": "6"}]
+    metrics, records = E.evaluate(net, tok, rows, n=2)
+    assert [r["correct"] for r in records] == [True, False, True, True]
+    assert metrics["accuracy"] == 0.75 and metrics["n"] == 4
+    assert metrics["accuracy_se"] == pytest.approx(math.sqrt(0.0625 / 2))  # per-question 0.5, 1.0: var 0.0625, Q 2
 
 
 def test_cli_under_torchrun_equals_one_process(tmp_path):

@@ -385,3 +385,23 @@ def test_cuda_budget_from_free_memory(tiny_cuda):
     assert 0 < budget <= free + held - int(S.GPU_MARGIN * total)
     S.generate(model, tok, PROMPTS, n=2, temperature=0.0, max_new_tokens=4)
     assert S.last_stats["slots"] == 8 and S.last_stats["capacity"] % S.CAPACITY_ROUND == 0
+
+
+def test_prefill_runs_in_chunks_of_bounded_width_and_changes_nothing(monkeypatch, tiny):
+    """Refilling many slots prefills their prompts in chunks of <= PREFILL_TOKENS padded tokens (one forward of
+    32 slots x 2,048 tokens held ~8 GiB of activations at 7B: plan.py); the samples are the same."""
+    m, tok = tiny
+    prompts = ["1+2=", "345+678=", "9+9=", "12+34+56=", "7="]
+    whole = S.generate(m, tok, prompts, n=3, temperature=0.7, top_p=0.9, max_new_tokens=6, seed=2)
+    widths = []
+    real = type(m).forward
+
+    def spy(self, input_ids, *a, **k):
+        if k.get("slots") is not None:
+            widths.append(input_ids.numel())
+        return real(self, input_ids, *a, **k)
+    monkeypatch.setattr(type(m), "forward", spy)
+    monkeypatch.setattr(S, "PREFILL_TOKENS", 20)
+    chunked = S.generate(m, tok, prompts, n=3, temperature=0.7, top_p=0.9, max_new_tokens=6, seed=2)
+    assert [[s.token_ids for s in g] for g in chunked] == [[s.token_ids for s in g] for g in whole]
+    assert len(widths) > 1 and max(widths) <= 20, widths

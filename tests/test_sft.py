@@ -197,23 +197,32 @@ def test_two_ranks_killed_inside_a_save_resume_from_the_previous_checkpoint(run_
 # ----------------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------------
-def test_bad_data_file_names_file_and_line(tmp_path, one_thread):
+def refused(argv, capsys):
+    """sft.main(argv) refuses its input before any work (exit 2, one line naming the flag): that line."""
+    with pytest.raises(SystemExit) as e:
+        sft.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_data_file_names_file_and_line(tmp_path, one_thread, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "1+1=?", "response": "2"}\n{"prompt": "2+2=?"}\n')
-    with pytest.raises(ValueError, match=re.escape(f"{bad}:2") + ".*response"):
-        sft.main(["--data", str(bad), "--out", str(tmp_path / "run"), "--n-eval", "2"])
+    args = ["--data", str(bad), "--out", str(tmp_path / "run"), "--n-eval", "2", "--batch-size", "1",
+            "--micro-batch-size", "1"]
+    assert re.fullmatch("error: --data: " + re.escape(f"{bad}:2") + ".*response.*", refused(args, capsys))
     bad.write_text('{"prompt": "1+1=?", "response": "2"}\n\n{"prompt": "2+2=?", "response": 4\n')
-    with pytest.raises(ValueError, match=re.escape(f"{bad}:3") + ".*JSON"):
-        sft.main(["--data", str(bad), "--out", str(tmp_path / "run"), "--n-eval", "2"])
-    with pytest.raises(ValueError, match="not found"):
-        sft.main(["--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "run"), "--n-eval", "2"])
+    assert re.fullmatch("error: --data: " + re.escape(f"{bad}:3") + ".*JSON.*", refused(args, capsys))
+    args[1] = str(tmp_path / "missing.jsonl")
+    assert "not found" in refused(args, capsys)
 
 
-def test_bad_batch_sizes_are_explained(tmp_path, one_thread):
-    with pytest.raises(ValueError, match="--batch-size 8 must be a multiple of --micro-batch-size"):
-        sft.main(["--batch-size", "8", "--micro-batch-size", "3", "--n-train", "16", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        sft.main(["--batch-size", "32", "--micro-batch-size", "8", "--n-train", "16", "--out", str(tmp_path)])
+def test_bad_batch_sizes_are_explained(tmp_path, one_thread, capsys):
+    assert refused(["--batch-size", "8", "--micro-batch-size", "3", "--n-train", "16", "--out", str(tmp_path)],
+                   capsys) == "error: --batch-size: got 8, expected a multiple of --micro-batch-size x ranks (3 x 1)"
+    assert refused(["--batch-size", "32", "--micro-batch-size", "8", "--n-train", "16", "--out", str(tmp_path)],
+                   capsys) == "error: --n-train: got 16, expected at least one batch (--batch-size 32)"
 
 
 def test_digits_flag_sets_train_and_held_out_problem_size():

@@ -560,7 +560,7 @@ PERTURB_EXCLUDED = {"test/geometry/473.json", "test/prealgebra/1114.json"}
 def _rows(name):
     path = DATA / name
     if not path.exists():
-        pytest.skip(f"{path} not found")
+        pytest.skip(f"../shared/data not found: {path}")
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 

@@ -1,0 +1,613 @@
+"""The miniature replication: the paper's findings, tested on the tiny model and a CPU, measured over seeds.
+
+    python replicate.py                 # everything, 3 seeds (<= 60 minutes on 2 CPU cores): plots, results.json,
+                                        # and the README table between its markers
+    python replicate.py --quick         # one seed, shorter runs (<= 10 minutes): the direction of each finding
+    python replicate.py --workers 1     # one run at a time (default: one single-threaded run per core, 2 at once)
+
+Runs go to runs/replicate/ (--quick: runs/replicate-quick/), one folder per stage (sft-long-s1, ppo-long-cosine-rep-s1,
+...). A stage that finished (its analysis.json) is reused; a stage that was interrupted resumes from its last
+checkpoint (sft.py and ppo.py resume on the same --out), so running the command again continues where it stopped.
+Each stage is `python sft.py ...` or `python ppo.py ...` with the flags below, then one evaluation of its final
+model (analysis.json). The table and plots are made from those files only.
+
+Design (written before the reported runs; developed on seed 100 only)
+-----------------------------------------------------------------------
+Task: the classroom task (data.classroom), 3-digit addition. Long CoT: one line per column (digits, carry, the
+  digits so far; 30% of traces with a slip followed by "Wait, recheck:" and the line again), a verification
+  line and \\boxed{}: 250-335 characters = tokens. Short CoT: the sum at once (~26). Why not a harder task:
+  tried first on seed 100, multiplications 184*68 with a long CoT of partial products (each line a product by
+  one digit or an addition written in one go): after 500 steps (long) and 1,050 steps (short) both were at
+  0.000 held-out (the long model got 20% of its first partial products right, almost no sums). On this model
+  and budget only digit-level steps at fixed distances are learnt (the column traces), and those make long
+  traces of ~300 tokens, which the 60-minute budget affords only for 3-digit problems.
+  Generation limit T = 368 tokens: 10% headroom over the longest correct trace (335), so that a response
+  that grows by a line or two runs into the limit (the earlier replication's 400 was never reached).
+Model: the built-in `tiny` (0.9M parameters, character tokenizer).
+Seeds: 1, 2, 3 (full run), 1 (--quick). A seed changes the SFT data sample and order, the model init and every
+  sampling seed. The held-out set is the same 200 test-split problems (hash-disjoint from training) for all runs.
+SFT (finding 1): for each CoT type and seed ONE run over a fixed problem set, 4 epochs, sft.py's lr schedule,
+  held-out accuracy after 1/4, 1/2, 3/4 and all of its tokens (budgets spanning 4x). Long and short get the
+  same tokens AND the same optimizer steps (600): the short run's batch is larger by the traces' token ratio
+  (16 vs ~85 sequences), so it sees ~5.3x more problems. Why equal steps: the earlier replication gave the short
+  run 5.3x more steps at the same tokens, and this model's SFT is limited by steps (500 steps of 32 reached 0.41
+  where 1,000 steps of 16 reached 0.60 on the same tokens), which decided that comparison. Departure: the paper
+  trains one model per budget; here the smaller budgets are checkpoints of one run (lr not yet decayed there,
+  the same for both CoT types).
+PPO (findings 2-5): from each seed's final SFT model, ppo.py's classroom preset (cosine reward 2/1/-10/0, exceed
+  -10, KL 0.01, 4 samples per prompt, 2 epochs, seq-mean-token-mean) with 16 prompts per iteration (64 samples,
+  minibatch 32: 4 optimizer steps per iteration), --max-new-tokens 368, 12 iterations. Four configurations x
+  3 seeds:
+     long-cosine-rep   long-CoT start, cosine reward + repetition penalty (n = 40 tokens, -0.05: the recipe)
+     short-cosine-rep  short-CoT start, the same
+     long-classic      long-CoT start, classic 0/1 reward, no repetition penalty
+     long-cosine       long-CoT start, cosine reward, no repetition penalty
+Evaluation: held-out accuracy at temperature 0.7, top-p 0.95, T = 368, one sample per problem (sft.py's and
+  ppo.py's own evaluations). After each stage its final model answers the held-out set once more
+  (analysis.json): accuracy, length, truncation, repetition (share of responses with a repeated 40-token n-gram:
+  the penalty's n), reflection ("Wait, recheck" lines per response).
+
+Hypotheses and the criterion for "reproduces" (pre-registered). Over seeds: mean and standard error (SE, sample
+standard deviation / sqrt(seeds)); a comparison is a per-seed difference (paired by seed), and it holds when its
+mean exceeds 2 SE of the differences. With one seed (--quick) only the sign is shown ("direction").
+  F1 SFT scaling. (a) long-CoT accuracy at the full budget - short-CoT accuracy at the full budget > 2 SE, and
+     (b) long's gain from 1/4 to the full budget - short's gain over the same span > 2 SE. Both: reproduces;
+     one: partly.
+  F2 RL after SFT (recipe runs). Gain = held-out accuracy at the last PPO iteration - at iteration 0.
+     (a) gain from the long start > 2 SE, and (b) gain(long) - gain(short) > 2 SE. Precondition: both starts'
+     mean accuracy in [0.05, 0.95]; otherwise the verdict is "confounded".
+  F3 Length stability (long start, no repetition penalty, classic vs cosine). Length change = mean rollout
+     length over the last 3 iterations - over the first 3. (a) change(classic) - change(cosine) > 2 SE, and
+     (b) truncation rate over the last 3 iterations, classic - cosine > 2 SE. Both: reproduces; one: partly.
+  F4 Repetition hacking (long start, cosine reward, without vs with the penalty). Repetition share of the final
+     model's held-out responses. (a) without - with > 2 SE, and (b) without (after PPO) - the SFT start > 2 SE.
+     Both: reproduces; one: partly.
+  F5 Reflection (recipe, long start). "Wait, recheck" lines per held-out response after PPO - before (the SFT
+     model). The paper: RL need not raise it. Consistent with the paper unless after - before > 2 SE (RL
+     clearly raised it).
+Whatever comes out is reported; the task is not tuned after the reported runs.
+
+Budget (2 CPU cores): two single-threaded runs at once (--workers 2). Measured minutes: README.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+README_START, README_END = "<!-- replication:start -->", "<!-- replication:end -->"
+REFLECTION = "Wait, recheck"
+
+# ----------------------------------------------------------------------------------------------------
+# Settings. FULL is the reported run; QUICK one seed, shorter; TOY the smoke test's (seconds).
+# ----------------------------------------------------------------------------------------------------
+FULL = dict(
+    name="full", seeds=(1, 2, 3), root="runs/replicate",
+    digits=3, p_error=0.3,  # the task: data.classroom addition (column-by-column long CoT, answer-at-once short)
+    n_test=200, test_seed=0,  # held-out problems (test split), the same for every run
+    max_new_tokens=368,  # T: generation limit at evaluation and in PPO (the cosine reward's T)
+    sft_long_problems=2400, sft_epochs=4, sft_batch=16,  # long CoT: 2400 x 4 / 16 = 600 optimizer steps
+    budget_points=4,  # held-out accuracy after 1/4, 2/4, 3/4, 4/4 of the SFT tokens (one run)
+    ppo_iterations=12, ppo_eval_every=4, n_prompts=4000,
+    ppo_args=["--rep-n", "40", "--rollout-batch", "16", "--train-batch", "32"],
+)
+QUICK = dict(FULL, name="quick", seeds=(1,), root="runs/replicate-quick", n_test=100, sft_long_problems=1600,
+             ppo_iterations=8, ppo_eval_every=4)
+TOY = dict(FULL, name="toy", seeds=(1,), root="runs/replicate-toy", n_test=4, max_new_tokens=24,
+           sft_long_problems=16, sft_epochs=1, sft_batch=4, n_prompts=8, ppo_iterations=2, ppo_eval_every=1,
+           ppo_args=["--rep-n", "16", "--rollout-batch", "2", "--n-samples", "2", "--train-batch", "4"])
+PRESETS = {"full": FULL, "quick": QUICK, "toy": TOY}
+
+# PPO configurations: name -> (SFT start, reward, repetition penalty on)
+PPO_CONFIGS = {
+    "long-cosine-rep": ("long", "cosine", True),
+    "short-cosine-rep": ("short", "cosine", True),
+    "long-classic": ("long", "classic", False),
+    "long-cosine": ("long", "cosine", False),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Statistics and verdicts (pure functions)
+# ----------------------------------------------------------------------------------------------------
+def mean_se(xs):
+    """(mean, standard error) over seeds: SE = sample standard deviation / sqrt(n); None with one value."""
+    xs = [float(x) for x in xs]
+    if not xs:
+        return float("nan"), None
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, None
+    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    return m, math.sqrt(var / len(xs))
+
+
+def holds(diffs):
+    """A pre-registered comparison over per-seed differences: True when mean > 2 SE, False when not, None when
+    there is one seed (only the sign can be read: see direction)."""
+    m, se = mean_se(diffs)
+    if se is None:
+        return None
+    return m > 2 * se
+
+
+def verdict(parts):
+    """Verdict from the criteria's outcomes (True / False / None each): all True 'reproduces', some 'partly',
+    none 'does not reproduce'; with one seed (None) 'direction only'."""
+    if any(p is None for p in parts):
+        return "direction only (1 seed)"
+    if all(parts):
+        return "reproduces"
+    return "partly" if any(parts) else "does not reproduce"
+
+
+def fmt(m, se, digits=3):
+    return f"{m:.{digits}f}" if se is None else f"{m:.{digits}f} ± {se:.{digits}f}"
+
+
+def repeated_ngram(ids, n):
+    """True when some n-gram of ids occurs twice (overlaps allowed)."""
+    seen = set()
+    for s in range(len(ids) - n + 1):
+        g = tuple(ids[s:s + n])
+        if g in seen:
+            return True
+        seen.add(g)
+    return False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stages: the runs and their flags
+# ----------------------------------------------------------------------------------------------------
+def data_paths(root):
+    d = os.path.join(root, "data")
+    return {"test": os.path.join(d, "test.jsonl"), "prompts": os.path.join(d, "prompts.jsonl")}
+
+
+def tokens_per_example(rows, cot, tok):
+    """Mean SFT tokens of one example: prompt + response + EOS (what sft.py trains on)."""
+    import data
+    ex = data.sft_rows(rows, cot=cot, tokenizer=tok)
+    return sum(len(tok(r["prompt"] + r["response"])["input_ids"]) + 1 for r in ex) / len(ex)
+
+
+def sft_sizes(cfg):
+    """Problems and batch size of the long and the short SFT run: the same tokens and the same optimizer steps
+    (the short run's batch is larger by the ratio of the traces' tokens), so the steps are a multiple of the
+    budget points. Returns ({cot: problems}, {cot: batch}, {cot: tokens per example})."""
+    import data
+    import model as M
+    _, tok = M.load("tiny")
+    rows = data.classroom(500, 12345, "train", digits=cfg["digits"], p_error=cfg["p_error"])
+    tpe = {cot: tokens_per_example(rows, cot, tok) for cot in ("long", "short")}
+    b = {"long": cfg["sft_batch"], "short": max(1, round(cfg["sft_batch"] * tpe["long"] / tpe["short"]))}
+    steps = max(1, cfg["sft_long_problems"] // cfg["sft_batch"] // cfg["budget_points"]) * cfg["budget_points"]
+    steps_per_epoch = steps // cfg["sft_epochs"] if steps % cfg["sft_epochs"] == 0 else None
+    if steps_per_epoch is None:
+        raise ValueError(f"{steps} SFT steps are not a multiple of {cfg['sft_epochs']} epochs")
+    return {cot: steps_per_epoch * b[cot] for cot in b}, b, tpe
+
+
+def write_data(cfg, root):
+    """The held-out set and the PPO prompts as JSONL (a pure function of the settings; written once)."""
+    import data
+    import dist
+    paths = data_paths(root)
+    os.makedirs(os.path.dirname(paths["test"]), exist_ok=True)
+    knobs = dict(digits=cfg["digits"], p_error=cfg["p_error"])
+    for path, rows in ((paths["test"], lambda: data.classroom(cfg["n_test"], cfg["test_seed"], "test", **knobs)),
+                       (paths["prompts"], lambda: data.classroom(cfg["n_prompts"], 10_000, "train", **knobs))):
+        if not os.path.exists(path):
+            with dist.atomic_open(path) as f:
+                for r in rows():
+                    f.write(json.dumps(r) + "\n")
+
+
+def stages(cfg, root):
+    """name -> {kind, cot/config, seed, argv, after}: every run of the experiment, in the order they start."""
+    paths = data_paths(root)
+    sizes, batch, _ = sft_sizes(cfg)
+    T = str(cfg["max_new_tokens"])
+    steps = sizes["long"] // batch["long"] * cfg["sft_epochs"]
+    out = {}
+    for seed in cfg["seeds"]:
+        for cot in ("long", "short"):
+            name = f"sft-{cot}-s{seed}"
+            out[name] = dict(kind="sft", cot=cot, seed=seed, after=[], argv=[
+                "--data", "classroom", "--cot", cot, "--digits", str(cfg["digits"]), "--n-train", str(sizes[cot]),
+                "--epochs", str(cfg["sft_epochs"]), "--batch-size", str(batch[cot]), "--micro-batch-size",
+                str(batch[cot]), "--eval-data", paths["test"], "--n-eval", str(cfg["n_test"]),
+                "--eval-every", str(steps // cfg["budget_points"]), "--eval-max-new-tokens", T,
+                "--save-every", "100", "--seed", str(seed), "--out", os.path.join(root, name)])
+    for seed in cfg["seeds"]:
+        for conf, (cot, rew, rep) in PPO_CONFIGS.items():
+            sft_name = f"sft-{cot}-s{seed}"
+            argv = ["--model", "tiny", "--sft-out", os.path.join(root, sft_name), "--prompts", paths["prompts"],
+                    "--eval-data", paths["test"], "--n-eval", str(cfg["n_test"]), "--max-new-tokens", T,
+                    "--iterations", str(cfg["ppo_iterations"]), "--eval-every", str(cfg["ppo_eval_every"]),
+                    "--reward", rew, "--seed", str(seed), "--out", os.path.join(root, f"ppo-{conf}-s{seed}")]
+            argv += cfg["ppo_args"] + ([] if rep else ["--rep-penalty", "0"])
+            out[f"ppo-{conf}-s{seed}"] = dict(kind="ppo", config=conf, cot=cot, seed=seed, after=[sft_name], argv=argv)
+    return out
+
+
+def rep_n(cfg):
+    return int(cfg["ppo_args"][cfg["ppo_args"].index("--rep-n") + 1])
+
+
+def analyse(model_dir, cfg, root, seed):
+    """The final model's held-out answers once more: accuracy, length, truncation, repetition, reflection."""
+    import torch
+
+    import model as M
+    from data import load_jsonl
+    from eval import evaluate
+    net, tok = M.load(model_dir, dtype=torch.float32)
+    rows = load_jsonl(data_paths(root)["test"])
+    metrics, records = evaluate(net, tok, rows, temperature=0.7, top_p=0.95, max_new_tokens=cfg["max_new_tokens"],
+                                seed=50_000 + seed, batch_size=64)
+    n = max(len(records), 1)
+    ids = [tok(r["response"], add_special_tokens=False)["input_ids"] for r in records]
+    rep = [repeated_ngram(x, rep_n(cfg)) for x in ids]
+    wrong = [r for r in records if not r["correct"]]
+    return {"accuracy": metrics["accuracy"], "mean_length": metrics["mean_length"],
+            "truncation_rate": metrics["truncation_rate"], "repetition_rate": sum(rep) / n,
+            "reflection_per_response": sum(r["response"].count(REFLECTION) for r in records) / n,
+            "wrong_mean_length": sum(r["num_tokens"] for r in wrong) / max(len(wrong), 1), "n": len(records),
+            "examples": [r["response"] for r in records[:3]]}
+
+
+def run_stage(cfg, root, name):
+    """One stage in this process: train (unless its done.json exists: resumes otherwise), then analysis.json."""
+    import dist
+    spec = stages(cfg, root)[name]
+    out = os.path.join(root, name)
+    t0 = time.time()
+    trained = os.path.exists(os.path.join(out, "done.json"))
+    if not trained:
+        if spec["kind"] == "sft":
+            import sft
+            sft.main(spec["argv"])
+        else:
+            import ppo
+            ppo.main(spec["argv"])
+    t1 = time.time()
+    ckpt = dist.latest_checkpoint(out)
+    model_dir = ckpt if spec["kind"] == "sft" else os.path.join(ckpt, "policy")
+    result = {"stage": name, **{k: spec[k] for k in ("kind", "cot", "seed") if k in spec},
+              "analysis": analyse(model_dir, cfg, root, spec["seed"]),
+              "train_minutes": None if trained else (t1 - t0) / 60, "minutes": (time.time() - t0) / 60}
+    with dist.atomic_open(os.path.join(out, "analysis.json")) as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def run_all(cfg, root, workers):
+    """Every stage not yet finished, `workers` at a time (subprocesses, one thread each); 0: here, one by one."""
+    todo = {n: s for n, s in stages(cfg, root).items() if not os.path.exists(os.path.join(root, n, "analysis.json"))}
+    done = set(stages(cfg, root)) - set(todo)
+    if workers == 0:
+        for name in todo:
+            print(f"[replicate] {name}", flush=True)
+            run_stage(cfg, root, name)
+        return
+    running = {}
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    t0 = time.time()
+    while todo or running:
+        for name in [n for n in todo if all(a in done for a in todo[n]["after"])]:
+            if len(running) >= workers:
+                break
+            os.makedirs(os.path.join(root, name), exist_ok=True)
+            log = open(os.path.join(root, name, "log.txt"), "a")
+            cmd = [sys.executable, os.path.abspath(__file__), "--stage", name, "--preset", cfg["name"], "--root", root,
+                   "--seeds", ",".join(map(str, cfg["seeds"]))]
+            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+            del todo[name]
+            print(f"[replicate {(time.time() - t0) / 60:5.1f} min] start {name}", flush=True)
+        time.sleep(1)
+        for name, (proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            if proc.returncode != 0:
+                for p, _ in running.values():
+                    p.terminate()
+                raise RuntimeError(f"stage {name} failed (exit {proc.returncode}): see {root}/{name}/log.txt")
+            done.add(name)
+            print(f"[replicate {(time.time() - t0) / 60:5.1f} min] done  {name}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Collecting: the findings from the stages' files
+# ----------------------------------------------------------------------------------------------------
+def read_metrics(run_dir):
+    """(rollout rows, held-out rows) of a run's metrics.jsonl, each a list of dicts sorted by step."""
+    import dist
+    rows, _ = dist.read_log(os.path.join(run_dir, "metrics.jsonl"))
+    key = "iteration" if rows and "iteration" in rows[0] else "step"
+    train = {r[key]: r for r in rows if "eval/accuracy" not in r}
+    held = {r[key]: r for r in rows if "eval/accuracy" in r}
+    return [train[k] for k in sorted(train)], [held[k] for k in sorted(held)]
+
+
+def collect(cfg, root, minutes=None):
+    """results.json's content: per-stage numbers, and per finding the statistics and the verdict."""
+    seeds = list(cfg["seeds"])
+    sizes, batch, tpe = sft_sizes(cfg)
+    st = stages(cfg, root)
+    ana = {n: json.load(open(os.path.join(root, n, "analysis.json"))) for n in st}
+    res = {"preset": cfg["name"], "seeds": seeds, "minutes": minutes,
+           "stage_minutes": {n: a["minutes"] for n, a in ana.items()}, "findings": {}}
+
+    # ---- F1: held-out accuracy against SFT tokens (the evaluations along each run) ----
+    pts = cfg["budget_points"]
+    acc = {}
+    for cot in ("long", "short"):
+        for s in seeds:
+            _, held = read_metrics(os.path.join(root, f"sft-{cot}-s{s}"))
+            acc[cot, s] = [r["eval/accuracy"] for r in held][-pts:]
+    steps = sizes["long"] // batch["long"] * cfg["sft_epochs"]
+    f1 = {"steps": [steps * (i + 1) // pts for i in range(pts)], "problems": sizes, "batch": batch,
+          "tokens_per_example": tpe, "epochs": cfg["sft_epochs"],
+          "tokens": [sizes["long"] * cfg["sft_epochs"] * tpe["long"] * (i + 1) / pts for i in range(pts)]}
+    for cot in ("long", "short"):
+        f1[cot] = [mean_se([acc[cot, s][i] for s in seeds]) for i in range(pts)]
+    d_final = [acc["long", s][-1] - acc["short", s][-1] for s in seeds]
+    d_slope = [(acc["long", s][-1] - acc["long", s][0]) - (acc["short", s][-1] - acc["short", s][0]) for s in seeds]
+    crit = [holds(d_final), holds(d_slope)]
+    f1.update(long_minus_short=mean_se(d_final), gain_long_minus_gain_short=mean_se(d_slope), criteria=crit,
+              verdict=verdict(crit), per_seed={f"{c}-s{s}": acc[c, s] for c in ("long", "short") for s in seeds})
+    res["findings"]["F1"] = f1
+
+    # ---- PPO curves ----
+    ppo = {}
+    for conf in PPO_CONFIGS:
+        for s in seeds:
+            train, held = read_metrics(os.path.join(root, f"ppo-{conf}-s{s}"))
+            ppo[conf, s] = {"train": train, "held": held, "analysis": ana[f"ppo-{conf}-s{s}"]["analysis"]}
+
+    # ---- F2: RL gain from the long and from the short start (recipe) ----
+    g = {c: [ppo[f"{c}-cosine-rep", s]["held"][-1]["eval/accuracy"] - ppo[f"{c}-cosine-rep", s]["held"][0]["eval/accuracy"]
+             for s in seeds] for c in ("long", "short")}
+    start = {c: mean_se([ppo[f"{c}-cosine-rep", s]["held"][0]["eval/accuracy"] for s in seeds]) for c in ("long", "short")}
+    end = {c: mean_se([ppo[f"{c}-cosine-rep", s]["held"][-1]["eval/accuracy"] for s in seeds]) for c in ("long", "short")}
+    crit = [holds(g["long"]), holds([a - b for a, b in zip(g["long"], g["short"])])]
+    ok_start = all(0.05 <= start[c][0] <= 0.95 for c in ("long", "short"))
+    res["findings"]["F2"] = {"start": start, "end": end, "gain_long": mean_se(g["long"]), "gain_short": mean_se(g["short"]),
+                             "gain_long_minus_short": mean_se([a - b for a, b in zip(g["long"], g["short"])]),
+                             "criteria": crit, "verdict": verdict(crit) if ok_start else "confounded (a start at the "
+                             "ceiling or floor)"}
+
+    # ---- F3: length and truncation under classic vs cosine (no repetition penalty) ----
+    def window(rows, key, last):
+        xs = [r[key] for r in rows]
+        xs = xs[-3:] if last else xs[:3]
+        return sum(xs) / len(xs)
+    dl = {c: [window(ppo[c, s]["train"], "response_length", True) - window(ppo[c, s]["train"], "response_length", False)
+              for s in seeds] for c in ("long-classic", "long-cosine")}
+    tr = {c: [window(ppo[c, s]["train"], "truncation_rate", True) for s in seeds] for c in ("long-classic", "long-cosine")}
+    crit = [holds([a - b for a, b in zip(dl["long-classic"], dl["long-cosine"])]),
+            holds([a - b for a, b in zip(tr["long-classic"], tr["long-cosine"])])]
+    res["findings"]["F3"] = {"length_change": {c: mean_se(v) for c, v in dl.items()},
+                             "final_truncation": {c: mean_se(v) for c, v in tr.items()},
+                             "final_accuracy": {c: mean_se([window(ppo[c, s]["train"], "accuracy", True) for s in seeds])
+                                                for c in dl},
+                             "criteria": crit, "verdict": verdict(crit)}
+
+    # ---- F4: repetition with and without the penalty ----
+    rep = {c: [ppo[c, s]["analysis"]["repetition_rate"] for s in seeds] for c in ("long-cosine", "long-cosine-rep")}
+    rep_sft = [ana[f"sft-long-s{s}"]["analysis"]["repetition_rate"] for s in seeds]
+    wl = {c: mean_se([ppo[c, s]["analysis"]["wrong_mean_length"] for s in seeds]) for c in rep}
+    crit = [holds([a - b for a, b in zip(rep["long-cosine"], rep["long-cosine-rep"])]),
+            holds([a - b for a, b in zip(rep["long-cosine"], rep_sft)])]
+    res["findings"]["F4"] = {"repetition_rate": {"sft": mean_se(rep_sft), **{c: mean_se(v) for c, v in rep.items()}},
+                             "wrong_mean_length": {"sft": mean_se([ana[f"sft-long-s{s}"]["analysis"]["wrong_mean_length"]
+                                                                   for s in seeds]), **wl},
+                             "criteria": crit, "verdict": verdict(crit)}
+
+    # ---- F5: reflection before and after RL ----
+    before = [ana[f"sft-long-s{s}"]["analysis"]["reflection_per_response"] for s in seeds]
+    after = {c: [ppo[c, s]["analysis"]["reflection_per_response"] for s in seeds] for c in PPO_CONFIGS}
+    raised = holds([a - b for a, b in zip(after["long-cosine-rep"], before)])
+    res["findings"]["F5"] = {"before": mean_se(before), "before_short": mean_se(
+        [ana[f"sft-short-s{s}"]["analysis"]["reflection_per_response"] for s in seeds]),
+        "after": {c: mean_se(v) for c, v in after.items()},
+        "change": mean_se([a - b for a, b in zip(after["long-cosine-rep"], before)]),
+        "criteria": [raised], "verdict": "direction only (1 seed)" if raised is None else
+        ("does not reproduce (RL raised it)" if raised else "consistent with the paper (not raised)")}
+    res["ppo_curves"] = {f"{c}-s{s}": {"train": [(r["iteration"], r["accuracy"], r["response_length"], r["truncation_rate"])
+                                                 for r in v["train"]],
+                                       "held": [(r["iteration"], r["eval/accuracy"], r["eval/mean_length"]) for r in v["held"]]}
+                         for (c, s), v in ppo.items()}
+    res["analysis"] = {n: a["analysis"] for n, a in ana.items()}
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report: table, plots
+# ----------------------------------------------------------------------------------------------------
+def table(res):
+    F = res["findings"]
+    f1, f2, f3, f4, f5 = (F[k] for k in ("F1", "F2", "F3", "F4", "F5"))
+    n = len(res["seeds"])
+    mins = f"{res['minutes']:.0f} minutes wall" if res.get("minutes") else "minutes: see results.json"
+    cmd = {"full": "python replicate.py", "quick": "python replicate.py --quick"}.get(
+        res["preset"], f"python replicate.py --preset {res['preset']}")
+    lines = [f"Made by `{cmd}` (tiny model, classroom addition, CPU; seeds {', '.join(map(str, res['seeds']))}; "
+             f"{mins}). Mean ± standard error over {n} seed{'s' * (n > 1)}; criteria in replicate.py's docstring.", "",
+             "| finding | measured | verdict |", "|---|---|---|"]
+    k = lambda x: f"{x / 1e6:.2f}M"  # noqa: E731
+    acc = lambda cot: ", ".join(f"{fmt(*ms, 2)}" for ms in f1[cot])  # noqa: E731
+    lines.append(f"| 1. SFT scaling: held-out accuracy at {', '.join(k(t) for t in f1['tokens'])} SFT tokens | "
+                 f"long CoT {acc('long')}; short CoT {acc('short')}; long - short at the largest budget "
+                 f"{fmt(*f1['long_minus_short'])} | {f1['verdict']} |")
+    lines.append(f"| 2. RL after SFT (cosine + repetition penalty) | long start {fmt(*f2['start']['long'])} -> "
+                 f"{fmt(*f2['end']['long'])} (gain {fmt(*f2['gain_long'])}); short start {fmt(*f2['start']['short'])} -> "
+                 f"{fmt(*f2['end']['short'])} (gain {fmt(*f2['gain_short'])}) | {f2['verdict']} |")
+    lines.append(f"| 3. Length stability (long start, no repetition penalty) | length change (tokens): classic "
+                 f"{fmt(*f3['length_change']['long-classic'], 1)}, cosine {fmt(*f3['length_change']['long-cosine'], 1)}; "
+                 f"truncation at the end: classic {fmt(*f3['final_truncation']['long-classic'])}, cosine "
+                 f"{fmt(*f3['final_truncation']['long-cosine'])} | {f3['verdict']} |")
+    r = f4["repetition_rate"]
+    lines.append(f"| 4. Repetition (cosine reward) | responses with a repeated n-gram: SFT start {fmt(*r['sft'])}, "
+                 f"without penalty {fmt(*r['long-cosine'])}, with {fmt(*r['long-cosine-rep'])} | {f4['verdict']} |")
+    lines.append(f"| 5. Reflection (\"Wait, recheck\" lines per response) | before RL {fmt(*f5['before'])}, after "
+                 f"(recipe) {fmt(*f5['after']['long-cosine-rep'])}; change {fmt(*f5['change'])} | {f5['verdict']} |")
+    lines += ["", f"Held-out: the same unseen problems for every run, one sample each at temperature 0.7, top-p 0.95. "
+              f"Plots: `{res['root']}/f1_sft_scaling.png` ... `f5_reflection.png`; every number: `results.json`."]
+    return "\n".join(lines)
+
+
+NOT_RUN = ("Not yet run: `python replicate.py` writes this table (and `runs/replicate/results.json` and the "
+           "plots) when it finishes.")
+
+
+def write_readme(text, readme="README.md"):
+    """Replace what lies between the README's replication markers with `text`; the rest stays as it is."""
+    import dist
+    body = open(readme).read()
+    if README_START not in body or README_END not in body:
+        raise ValueError(f"{readme}: no {README_START} ... {README_END} markers")
+    head, rest = body.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    with dist.atomic_open(readme) as f:
+        f.write(head + README_START + "\n" + text + "\n" + README_END + tail)
+
+
+def plots(res, root):
+    """One PNG per finding in root."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    F, seeds = res["findings"], res["seeds"]
+
+    def band(ax, xs, runs, label, **kw):  # mean over seeds with a +- SE band
+        stats = [mean_se(v) for v in zip(*runs)]
+        m = [s[0] for s in stats]
+        ax.plot(xs, m, label=label, **kw)
+        if len(seeds) > 1:
+            se = [s[1] for s in stats]
+            ax.fill_between(xs, [a - b for a, b in zip(m, se)], [a + b for a, b in zip(m, se)], alpha=0.2)
+
+    saved = []
+    f1 = F["F1"]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for cot in ("long", "short"):
+        ms = f1[cot]
+        ax.errorbar(f1["tokens"], [m for m, _ in ms], yerr=[se or 0 for _, se in ms], marker="o", capsize=3,
+                    label=f"{cot} CoT")
+    ax.set(xscale="log", xlabel="SFT tokens", ylabel="held-out accuracy", title="1. SFT scaling")
+    ax.legend()
+    saved.append(_save(fig, root, "f1_sft_scaling.png"))
+
+    cur = res["ppo_curves"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for c in ("long-cosine-rep", "short-cosine-rep"):
+        held = [cur[f"{c}-s{s}"]["held"] for s in seeds]
+        its = [h[0] for h in held[0]]
+        band(a1, its, [[h[1] for h in run] for run in held], c, marker="o")
+        band(a2, its, [[h[2] for h in run] for run in held], c, marker="o")
+    a1.set(xlabel="PPO iteration", ylabel="held-out accuracy", title="2. RL after long vs short SFT")
+    a2.set(xlabel="PPO iteration", ylabel="tokens", title="held-out response length")
+    a1.legend()
+    saved.append(_save(fig, root, "f2_rl_after_sft.png"))
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for c in ("long-classic", "long-cosine"):
+        tr = [cur[f"{c}-s{s}"]["train"] for s in seeds]
+        its = [t[0] for t in tr[0]]
+        band(a1, its, [[t[2] for t in run] for run in tr], c)
+        band(a2, its, [[t[3] for t in run] for run in tr], c)
+    a1.set(xlabel="PPO iteration", ylabel="tokens", title="3. rollout length")
+    a2.set(xlabel="PPO iteration", ylabel="share truncated", title=f"truncation at T = {res['max_new_tokens']}")
+    a1.legend()
+    saved.append(_save(fig, root, "f3_length_stability.png"))
+
+    for key, fname, title, stage_key in (
+            ("repetition_rate", "f4_repetition.png", "4. responses with a repeated n-gram", None),
+            ("reflection_per_response", "f5_reflection.png", '5. "Wait, recheck" lines per response', None)):
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        names = ["sft-long"] + [f"ppo-{c}" for c in PPO_CONFIGS]
+        vals = [mean_se([res["analysis"][f"{n}-s{s}"][key] for s in seeds]) for n in names]
+        ax.bar(range(len(names)), [m for m, _ in vals], yerr=[se or 0 for _, se in vals], capsize=3)
+        ax.set_xticks(range(len(names)), ["SFT (long)"] + list(PPO_CONFIGS), rotation=20, fontsize=8)
+        ax.set(title=title)
+        saved.append(_save(fig, root, fname))
+    return saved
+
+
+def _save(fig, root, name):
+    import matplotlib.pyplot as plt
+    path = os.path.join(root, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def replicate(cfg, root=None, workers=2, readme="README.md"):
+    """The experiment top to bottom: data, stages (reusing finished ones), results.json, plots, table."""
+    root = root or cfg["root"]
+    t0 = time.time()
+    os.makedirs(root, exist_ok=True)
+    write_data(cfg, root)
+    run_all(cfg, root, workers)
+    res = collect(cfg, root)
+    res.update(root=root, max_new_tokens=cfg["max_new_tokens"], minutes=_wall(root, time.time() - t0))
+    import dist
+    with dist.atomic_open(os.path.join(root, "results.json")) as f:
+        json.dump(res, f, indent=1)
+    try:
+        plots(res, root)
+    except ImportError:
+        print("matplotlib is not installed: no plots", file=sys.stderr)
+    text = table(res)
+    with dist.atomic_open(os.path.join(root, "results.md")) as f:
+        f.write(text + "\n")
+    if readme:
+        write_readme(text, readme)
+    print(text)
+    return res
+
+
+def _wall(root, seconds):
+    """Minutes of wall time over every call that worked on this root (an interrupted run adds up)."""
+    path = os.path.join(root, "wall.json")
+    prev = json.load(open(path))["seconds"] if os.path.exists(path) else 0.0
+    with open(path, "w") as f:
+        json.dump({"seconds": prev + seconds}, f)
+    return (prev + seconds) / 60
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="The miniature replication of the paper's findings (CPU)")
+    ap.add_argument("--quick", action="store_true", help="one seed, shorter runs (<= 10 minutes on 2 cores)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="settings by name (full, quick, toy); --quick = quick")
+    ap.add_argument("--root", help="where the runs go [runs/replicate, --quick: runs/replicate-quick]")
+    ap.add_argument("--workers", type=int, default=2, help="runs at once, each single-threaded (0: in this process)")
+    ap.add_argument("--readme", default=None, help="README whose table is replaced [README.md for the full run; "
+                    "--quick writes only ROOT/results.md]")
+    ap.add_argument("--seeds", help="comma list replacing the preset's seeds (development: not 1, 2, 3)")
+    ap.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage (what the workers execute)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = PRESETS[args.preset or ("quick" if args.quick else "full")]
+    if args.seeds:
+        cfg = dict(cfg, seeds=tuple(int(x) for x in args.seeds.split(",")))
+    root = args.root or cfg["root"]
+    if args.stage:
+        return run_stage(cfg, root, args.stage)
+    readme = args.readme if args.readme is not None else ("README.md" if cfg["name"] == "full" else "")
+    return replicate(cfg, root, args.workers, readme)
+
+
+if __name__ == "__main__":
+    main()

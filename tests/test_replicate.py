@@ -1,0 +1,61 @@
+"""replicate.py: the statistics and verdicts (hand-computed values), and the whole pipeline at toy size."""
+import json
+import math
+
+import pytest
+
+import replicate as R
+
+
+def test_mean_se_by_hand():
+    m, se = R.mean_se([0.5, 0.7, 0.9])  # sample sd 0.2, / sqrt(3)
+    assert m == pytest.approx(0.7) and se == pytest.approx(0.2 / math.sqrt(3))
+    assert R.mean_se([0.4]) == (0.4, None)
+
+
+def test_holds_needs_more_than_two_standard_errors():
+    assert R.holds([0.10, 0.12, 0.14]) is True  # mean 0.12, SE 0.0115
+    assert R.holds([0.30, -0.05, 0.05]) is False  # mean 0.10, SE 0.103: not > 2 SE
+    assert R.holds([-0.10, -0.12, -0.14]) is False  # a clear difference the wrong way
+    assert R.holds([0.2]) is None  # one seed: no standard error
+
+
+def test_verdict():
+    assert R.verdict([True, True]) == "reproduces"
+    assert R.verdict([True, False]) == "partly"
+    assert R.verdict([False, False]) == "does not reproduce"
+    assert R.verdict([True, None]).startswith("direction only")
+
+
+def test_repeated_ngram():
+    assert R.repeated_ngram([1, 2, 3, 1, 2, 3], 3) and not R.repeated_ngram([1, 2, 3, 1, 2, 4], 3)
+    assert R.repeated_ngram([5, 5, 5], 2) and not R.repeated_ngram([5, 5], 2)
+
+
+def test_pipeline_at_toy_size(tmp_path):
+    """Every stage at toy size in this process: results.json with every finding and a verdict, the five plots,
+    the table written between the README markers (the text around them untouched); a second call reuses the
+    finished stages (nothing retrained)."""
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{R.README_START}\nold table\n{R.README_END}\nafter\n")
+    root = tmp_path / "rep"
+    res = R.replicate(R.TOY, str(root), workers=0, readme=str(readme))
+    assert set(res["findings"]) == {"F1", "F2", "F3", "F4", "F5"}
+    assert all(f["verdict"] for f in res["findings"].values())
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{R.README_END}\nafter\n")
+    assert "old table" not in text and "python replicate.py --preset toy" in text
+    assert (root / "results.md").read_text().strip() in text
+    for name in ("f1_sft_scaling", "f2_rl_after_sft", "f3_length_stability", "f4_repetition", "f5_reflection"):
+        assert (root / f"{name}.png").stat().st_size > 0
+    saved = json.loads((root / "results.json").read_text())
+    assert saved["findings"]["F1"]["steps"] == [1, 2, 3, 4] and len(saved["findings"]["F1"]["long"]) == 4
+    assert json.loads((root / "ppo-long-classic-s1" / "args.json").read_text())["reward"] == "classic"
+    assert json.loads((root / "ppo-long-cosine-s1" / "args.json").read_text())["rep_penalty"] == 0
+    # short CoT gets the same SFT tokens and steps, so more problems in larger batches
+    f1 = saved["findings"]["F1"]
+    assert f1["problems"]["short"] > 3 * f1["problems"]["long"] and f1["batch"]["short"] > 3 * f1["batch"]["long"]
+    mtime = (root / "ppo-long-classic-s1" / "metrics.jsonl").stat().st_mtime
+    again = R.replicate(R.TOY, str(root), workers=0, readme="")
+    assert (root / "ppo-long-classic-s1" / "metrics.jsonl").stat().st_mtime == mtime  # reused, not re-run
+    assert json.loads(json.dumps(again["findings"]["F2"])) == json.loads(json.dumps(res["findings"]["F2"]))
