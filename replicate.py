@@ -183,10 +183,10 @@ def sft_sizes(cfg):
     rows = data.classroom(500, 12345, "train", digits=cfg["digits"], p_error=cfg["p_error"])
     tpe = {cot: tokens_per_example(rows, cot, tok) for cot in ("long", "short")}
     b = {"long": cfg["sft_batch"], "short": max(1, round(cfg["sft_batch"] * tpe["long"] / tpe["short"]))}
-    steps = max(1, cfg["sft_long_problems"] // cfg["sft_batch"] // cfg["budget_points"]) * cfg["budget_points"]
-    steps_per_epoch = steps // cfg["sft_epochs"] if steps % cfg["sft_epochs"] == 0 else None
-    if steps_per_epoch is None:
-        raise ValueError(f"{steps} SFT steps are not a multiple of {cfg['sft_epochs']} epochs")
+    steps_per_epoch = max(1, cfg["sft_long_problems"] // cfg["sft_batch"])
+    if steps_per_epoch * cfg["sft_epochs"] % cfg["budget_points"]:
+        raise ValueError(f"{steps_per_epoch} x {cfg['sft_epochs']} SFT steps are not a multiple of "
+                         f"{cfg['budget_points']} budget points")
     return {cot: steps_per_epoch * b[cot] for cot in b}, b, tpe
 
 
@@ -289,9 +289,15 @@ def run_all(cfg, root, workers):
     todo = {n: s for n, s in stages(cfg, root).items() if not os.path.exists(os.path.join(root, n, "analysis.json"))}
     done = set(stages(cfg, root)) - set(todo)
     if workers == 0:
-        for name in todo:
-            print(f"[replicate] {name}", flush=True)
-            run_stage(cfg, root, name)
+        import torch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small models: one thread is as fast, and never stalls on a busy machine
+        try:
+            for name in todo:
+                print(f"[replicate] {name}", flush=True)
+                run_stage(cfg, root, name)
+        finally:
+            torch.set_num_threads(threads)
         return
     running = {}
     threads = str(max(1, (os.cpu_count() or 1) // workers))

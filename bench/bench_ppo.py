@@ -56,6 +56,8 @@ parser.add_argument("--n-prompts", type=int, default=8, help="prompts per iterat
 parser.add_argument("--n-samples", type=int, default=8, help="responses per prompt (8 x 8 = 64 samples)")
 parser.add_argument("--prompt-len", type=int, default=128, help="random prompt tokens")
 parser.add_argument("--max-new", type=int, default=1024, help="new tokens per response (all reach it)")
+parser.add_argument("--ragged", action="store_true", help="cut each response to a seeded length in [max-new/8, "
+                    "max-new] before scoring, as real rollouts end at different lengths (micro-batches at their width)")
 parser.add_argument("--train-batch", type=int, default=32, help="samples per AdamW step")
 parser.add_argument("--micro-tokens", type=int, default=16384, help="padded tokens per forward (ppo.py's default)")
 parser.add_argument("--micro-batch", type=int, default=4, help="rows per forward at most (ppo.py's default)")
@@ -90,6 +92,11 @@ def ppo_iteration(policy, critic, ref, sampler, actor_opt, critic_opt, tok, prom
                     max_new_tokens=args.max_new, seed=args.seed + 100_003 * it,
                     batch_size=len(prompt_ids) * args.n_samples)
     samples = [(i, s) for i, group in enumerate(outs) for s in group]
+    if args.ragged:  # rows of different lengths: what micro-batching by width is for
+        cut = random.Random(args.seed * 7 + it)
+        for _, s in samples:
+            n = cut.randint(max(1, args.max_new // 8), len(s.token_ids))
+            s.token_ids, s.logprobs, s.finish_reason = s.token_ids[:n], s.logprobs[:n], "eos"
     lap("sample")
 
     # ---- 2. score: random correctness -> per-token rewards; the padded batch ----

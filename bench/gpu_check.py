@@ -19,7 +19,7 @@ runs out of time is recorded and the next one runs):
              default cache, >= 2x with its static cache
   train      bench/bench_train.py 1.5B 4 x 2048: chunked MFU >= 40% (989 TFLOP/s dense bf16), chunked peak
              memory <= 60% of the naive path's
-  ppo-bench  one bench/bench_ppo.py iteration at 1.5B (4 prompts x 4 samples x 256 new tokens): phase times
+  ppo-bench  one bench/bench_ppo.py iteration at 1.5B (4 prompts x 4 samples x up to 256 new tokens, ragged): phase times
   plan       `ppo.py --plan --measure` on one GPU for qwen-math-1.5b at a reduced length: the plan within 15% of
              torch.cuda.max_memory_allocated, phase by phase ('not available' if ppo.py has no --plan)
 Models are random weights built from configs (no download). The summary table (case, measured, target, met) is
@@ -204,9 +204,9 @@ def part_train(cuda, out):
 
 def part_ppo_bench(cuda, out):
     path = os.path.join(out, "bench_ppo.json")
-    cmd = [sys.executable, "bench/bench_ppo.py", "--out", path] + \
+    cmd = [sys.executable, "bench/bench_ppo.py", "--out", path, "--ragged"] + \
         (["--smoke"] if not cuda else ["--n-prompts", "4", "--n-samples", "4", "--max-new", "256",
-                                       "--warmup-iters", "0", "--iters", "1"])
+                                       "--warmup-iters", "0", "--iters", "1"])  # rows of different lengths
 
     def rows(res):
         r = load_json(path)
