@@ -536,7 +536,7 @@ def main(argv=None):
         it = state["iteration"]
         dist.print0(f"resumed from {ckpt} at iteration {it}")
     log = dist.metrics_log(args.out, "iteration", it if ckpt else None)  # drops rows of iterations to run again
-    # the lr schedules step once per optimizer step (as the authors' scheduler does): warmup over a share of all
+    # the lr schedules step once per optimizer step, as the authors' do; warmup is a share of all optimizer steps
     steps_per_it = args.ppo_epochs * math.ceil(args.rollout_batch * args.n_samples / args.train_batch)
     total_steps = args.iterations * steps_per_it
     warm = max(1, math.ceil(args.warmup * total_steps))

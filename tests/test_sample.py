@@ -59,7 +59,8 @@ def test_greedy_equals_naive_loop_with_refill(tiny):
             assert s.finish_reason == ("eos" if ref[-1] in eos else "length")
 
 
-def test_greedy_equals_transformers_generate(tmp_path):
+def small_hf_qwen2(tmp_path):
+    """A small random transformers Qwen2 model, saved with the tiny tokenizer to tmp_path."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.Qwen2Config(vocab_size=99, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -68,6 +69,11 @@ def test_greedy_equals_transformers_generate(tmp_path):
     hf = transformers.Qwen2ForCausalLM(cfg).eval()
     hf.save_pretrained(tmp_path)
     M.tiny_tokenizer().save_pretrained(tmp_path)
+    return hf
+
+
+def test_greedy_equals_transformers_generate(tmp_path):
+    hf = small_hf_qwen2(tmp_path)
     ours, tok = M.load(str(tmp_path))
     outs = S.generate(ours, tok, PROMPTS[:3], temperature=0.0, max_new_tokens=10, batch_size=2)
     for p, samples in zip(PROMPTS[:3], outs):
@@ -325,14 +331,7 @@ def test_cuda_graph_greedy_equals_naive_loop_with_refill(tiny_cuda):
 
 @needs_cuda
 def test_cuda_graph_greedy_equals_transformers_generate(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(vocab_size=99, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, eos_token_id=1,
-                                   pad_token_id=0, tie_word_embeddings=True)
-    hf = transformers.Qwen2ForCausalLM(cfg).eval()
-    hf.save_pretrained(tmp_path)
-    M.tiny_tokenizer().save_pretrained(tmp_path)
+    hf = small_hf_qwen2(tmp_path)
     ours, tok = M.load(str(tmp_path), device="cuda")
     hf = hf.cuda()
     outs = S.generate(ours, tok, PROMPTS[:3], temperature=0.0, max_new_tokens=10, batch_size=2)
