@@ -722,7 +722,7 @@ def main(argv=None):
     # ---- summary: held-out accuracy before and after, from the metrics log (spans resumed runs) ----
     from eval import read_curves
     held = read_curves(args.out)[1] if rank == 0 else []  # (iteration, accuracy, length)
-    if rank == 0:  # marks the run finished (eval.py --replicate reuses finished runs)
+    if rank == 0:  # marks the run finished (replicate.py reuses finished runs)
         dist.write_atomic(os.path.join(args.out, "done.json"), json.dumps({"iterations": it, "held_out": held}))
     if held:
         print(f"held-out accuracy {held[0][1]:.2f} -> {held[-1][1]:.2f} (n={len(eval_rows)})", flush=True)

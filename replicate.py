@@ -24,20 +24,23 @@ Task: the classroom task (data.classroom), 3-digit addition. Long CoT: one line 
   Generation limit T = 368 tokens: 10% headroom over the longest correct trace (335), so that a response
   that grows by a line or two runs into the limit (the earlier replication's 400 was never reached).
 Model: the built-in `tiny` (0.9M parameters, character tokenizer).
-Seeds: 1, 2, 3 (full run), 1 (--quick). A seed changes the SFT data sample and order, the model init and every
-  sampling seed. The held-out set is the same 200 test-split problems (hash-disjoint from training) for all runs.
+Seeds: 1, 2, 3 (full run); 1 (--quick: 640 SFT steps, 6 PPO iterations, 100 held-out problems, so not the
+  full run's numbers). A seed changes the SFT data sample and order, the model init and every sampling seed.
+  The held-out set is the same 200 test-split problems (hash-disjoint from training) for all runs.
 SFT (finding 1): for each CoT type and seed ONE run over a fixed problem set, 4 epochs, sft.py's lr schedule,
   held-out accuracy after 1/4, 1/2, 3/4 and all of its tokens (budgets spanning 4x). Long and short get the
-  same tokens AND the same optimizer steps (600): the short run's batch is larger by the traces' token ratio
-  (16 vs ~85 sequences), so it sees ~5.3x more problems. Why equal steps: the earlier replication gave the short
-  run 5.3x more steps at the same tokens, and this model's SFT is limited by steps (500 steps of 32 reached 0.41
-  where 1,000 steps of 16 reached 0.60 on the same tokens), which decided that comparison. Departure: the paper
-  trains one model per budget; here the smaller budgets are checkpoints of one run (lr not yet decayed there,
-  the same for both CoT types).
+  same tokens AND the same optimizer steps (1,120): the short run's batch is larger by the traces' token ratio
+  (8 vs 43 sequences), so it sees ~5.4x more problems. Why equal steps: the earlier replication gave the short
+  run 5.4x more steps at the same tokens, and this model's SFT is limited by steps (500 steps of 32 reached 0.41
+  where 1,000 steps of 16 reached 0.60 on the same tokens), which decided that comparison. Why a batch of 8:
+  for the same reason, it buys twice the steps of sft.py's 16 for the same CPU time; a first --quick run with
+  batch 16 and 320 steps left both models at 0.000 held-out (seed 1; the format was learnt, the sums not).
+  Departure: the paper trains one model per budget; here the smaller budgets are checkpoints of one run (lr not
+  yet decayed there, the same for both CoT types).
 PPO (findings 2-5): from each seed's final SFT model, ppo.py's classroom preset (cosine reward 2/1/-10/0, exceed
   -10, KL 0.01, 4 samples per prompt, 2 epochs, seq-mean-token-mean) with 16 prompts per iteration (64 samples,
-  minibatch 32: 4 optimizer steps per iteration), --max-new-tokens 368, 12 iterations. Four configurations x
-  3 seeds:
+  minibatch 32: 4 optimizer steps per iteration; the preset has 32 prompts), --max-new-tokens 368,
+  10 iterations (held-out evaluation at 0 and 10). Four configurations x 3 seeds:
      long-cosine-rep   long-CoT start, cosine reward + repetition penalty (n = 40 tokens, -0.05: the recipe)
      short-cosine-rep  short-CoT start, the same
      long-classic      long-CoT start, classic 0/1 reward, no repetition penalty
@@ -88,13 +91,13 @@ FULL = dict(
     digits=3, p_error=0.3,  # the task: data.classroom addition (column-by-column long CoT, answer-at-once short)
     n_test=200, test_seed=0,  # held-out problems (test split), the same for every run
     max_new_tokens=368,  # T: generation limit at evaluation and in PPO (the cosine reward's T)
-    sft_long_problems=2400, sft_epochs=4, sft_batch=16,  # long CoT: 2400 x 4 / 16 = 600 optimizer steps
+    sft_long_problems=2240, sft_epochs=4, sft_batch=8,  # long CoT: 2240 x 4 / 8 = 1120 optimizer steps
     budget_points=4,  # held-out accuracy after 1/4, 2/4, 3/4, 4/4 of the SFT tokens (one run)
-    ppo_iterations=12, ppo_eval_every=4, n_prompts=4000,
+    ppo_iterations=10, ppo_eval_every=10, n_prompts=4000,
     ppo_args=["--rep-n", "40", "--rollout-batch", "16", "--train-batch", "32"],
 )
-QUICK = dict(FULL, name="quick", seeds=(1,), root="runs/replicate-quick", n_test=100, sft_long_problems=1600,
-             ppo_iterations=8, ppo_eval_every=4)
+QUICK = dict(FULL, name="quick", seeds=(1,), root="runs/replicate-quick", n_test=100, sft_long_problems=1280,
+             ppo_iterations=6, ppo_eval_every=6)
 TOY = dict(FULL, name="toy", seeds=(1,), root="runs/replicate-toy", n_test=4, max_new_tokens=24,
            sft_long_problems=16, sft_epochs=1, sft_batch=4, n_prompts=8, ppo_iterations=2, ppo_eval_every=1,
            ppo_args=["--rep-n", "16", "--rollout-batch", "2", "--n-samples", "2", "--train-batch", "4"])
@@ -605,9 +608,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import dist
+    dist.require(args.workers >= 0, "--workers", args.workers, "an integer >= 0 (0: every stage in this process)")
     cfg = PRESETS[args.preset or ("quick" if args.quick else "full")]
     if args.seeds:
-        cfg = dict(cfg, seeds=tuple(int(x) for x in args.seeds.split(",")))
+        try:
+            seeds = tuple(int(x) for x in args.seeds.split(","))
+        except ValueError:
+            dist.arg_error("--seeds", f"got {args.seeds!r}, expected a comma list of integers")
+        cfg = dict(cfg, seeds=seeds)
     root = args.root or cfg["root"]
     if args.stage:
         return run_stage(cfg, root, args.stage)

@@ -56,6 +56,10 @@ def test_pipeline_at_toy_size(tmp_path):
     f1 = saved["findings"]["F1"]
     assert f1["problems"]["short"] > 3 * f1["problems"]["long"] and f1["batch"]["short"] > 3 * f1["batch"]["long"]
     mtime = (root / "ppo-long-classic-s1" / "metrics.jsonl").stat().st_mtime
+    sft_mtime = (root / "sft-long-s1" / "metrics.jsonl").stat().st_mtime
+    (root / "sft-long-s1" / "analysis.json").unlink()  # a stage stopped after training, before its evaluation
     again = R.replicate(R.TOY, str(root), workers=0, readme="")
     assert (root / "ppo-long-classic-s1" / "metrics.jsonl").stat().st_mtime == mtime  # reused, not re-run
+    assert (root / "sft-long-s1" / "metrics.jsonl").stat().st_mtime == sft_mtime  # trained once: done.json
+    assert (root / "sft-long-s1" / "analysis.json").exists()
     assert json.loads(json.dumps(again["findings"]["F2"])) == json.loads(json.dumps(res["findings"]["F2"]))
