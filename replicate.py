@@ -516,14 +516,18 @@ def plots(res, root):
 
     cur = res["ppo_curves"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for c in ("long-cosine-rep", "short-cosine-rep"):
-        held = [cur[f"{c}-s{s}"]["held"] for s in seeds]
+    for c, color in (("long-cosine-rep", "C0"), ("short-cosine-rep", "C1")):
+        tr = [cur[f"{c}-s{s}"]["train"] for s in seeds]  # rollouts: every iteration
+        band(a1, [t[0] for t in tr[0]], [[t[1] for t in run] for run in tr], f"{c} (rollouts)", color=color)
+        band(a2, [t[0] for t in tr[0]], [[t[2] for t in run] for run in tr], f"{c} (rollouts)", color=color)
+        held = [cur[f"{c}-s{s}"]["held"] for s in seeds]  # held-out: at the evaluations
         its = [h[0] for h in held[0]]
-        band(a1, its, [[h[1] for h in run] for run in held], c, marker="o")
-        band(a2, its, [[h[2] for h in run] for run in held], c, marker="o")
-    a1.set(xlabel="PPO iteration", ylabel="held-out accuracy", title="2. RL after long vs short SFT")
-    a2.set(xlabel="PPO iteration", ylabel="tokens", title="held-out response length")
-    a1.legend()
+        a1.errorbar(its, *_mse([[h[1] for h in run] for run in held]), fmt="o", color=color, capsize=3,
+                    label=f"{c} (held-out)")
+        a2.errorbar(its, *_mse([[h[2] for h in run] for run in held]), fmt="o", color=color, capsize=3)
+    a1.set(xlabel="PPO iteration", ylabel="accuracy", title="2. RL after long vs short SFT")
+    a2.set(xlabel="PPO iteration", ylabel="tokens", title="response length")
+    a1.legend(fontsize=7)
     saved.append(_save(fig, root, "f2_rl_after_sft.png"))
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -548,6 +552,12 @@ def plots(res, root):
         ax.set(title=title)
         saved.append(_save(fig, root, fname))
     return saved
+
+
+def _mse(runs):
+    """(means, SEs) per point over seeds, for errorbar: runs is one list of values per seed."""
+    stats = [mean_se(v) for v in zip(*runs)]
+    return [m for m, _ in stats], [se or 0 for _, se in stats]
 
 
 def _save(fig, root, name):

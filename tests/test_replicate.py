@@ -16,6 +16,7 @@ def test_mean_se_by_hand():
 def test_holds_needs_more_than_two_standard_errors():
     assert R.holds([0.10, 0.12, 0.14]) is True  # mean 0.12, SE 0.0115
     assert R.holds([0.30, -0.05, 0.05]) is False  # mean 0.10, SE 0.103: not > 2 SE
+    assert R.holds([0.1, 0.2, 0.0]) is False  # mean 0.10, SE 0.058: > 1 SE but not > 2 SE
     assert R.holds([-0.10, -0.12, -0.14]) is False  # a clear difference the wrong way
     assert R.holds([0.2]) is None  # one seed: no standard error
 
@@ -56,10 +57,12 @@ def test_pipeline_at_toy_size(tmp_path):
     f1 = saved["findings"]["F1"]
     assert f1["problems"]["short"] > 3 * f1["problems"]["long"] and f1["batch"]["short"] > 3 * f1["batch"]["long"]
     mtime = (root / "ppo-long-classic-s1" / "metrics.jsonl").stat().st_mtime
+    a_mtime = (root / "ppo-long-classic-s1" / "analysis.json").stat().st_mtime
     sft_mtime = (root / "sft-long-s1" / "metrics.jsonl").stat().st_mtime
     (root / "sft-long-s1" / "analysis.json").unlink()  # a stage stopped after training, before its evaluation
     again = R.replicate(R.TOY, str(root), workers=0, readme="")
     assert (root / "ppo-long-classic-s1" / "metrics.jsonl").stat().st_mtime == mtime  # reused, not re-run
+    assert (root / "ppo-long-classic-s1" / "analysis.json").stat().st_mtime == a_mtime  # not even re-evaluated
     assert (root / "sft-long-s1" / "metrics.jsonl").stat().st_mtime == sft_mtime  # trained once: done.json
     assert (root / "sft-long-s1" / "analysis.json").exists()
     assert json.loads(json.dumps(again["findings"]["F2"])) == json.loads(json.dumps(res["findings"]["F2"]))
