@@ -109,21 +109,16 @@ def load_sharded(name, dtype, device, value_head=False, param_dtype=torch.bfloat
         return shard(net.requires_grad_(not frozen), param_dtype), tok
     net, tok = M.load(name, dtype=dtype, device="meta", value_head=value_head)
     net.requires_grad_(not frozen)
-    path = M.ALIASES.get(name, name)
-    if not os.path.isdir(path):  # a hub id: model.load downloaded it (on every rank) into the cache
-        from huggingface_hub import snapshot_download
-        path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    path = M.local_dir(name)  # (a hub id: model.load has downloaded it into the cache already)
     net = shard(net, param_dtype)
     net.to_empty(device=device)
     params = dict(net.named_parameters())  # tied lm_head/embeddings: one entry, filled once
     with torch.no_grad():
-        for key, full in M.read_weights(path, net, dtype, "cpu"):
+        for key, full in M.read_weights(path, net, dtype, "cpu"):  # names and shapes checked there
             if key not in params:  # lm_head.weight of a tied model is not yielded; nothing else is missing
                 continue
             p = params[key]
             local = p.to_local() if hasattr(p, "to_local") else p
-            if p.shape != full.shape:
-                raise ValueError(f"{path}: tensor {key!r} has shape {tuple(full.shape)}, expected {tuple(p.shape)}")
             chunks = torch.chunk(full, world(), dim=0)  # FSDP2's dim-0 layout: rank r holds chunk r (or none)
             mine = chunks[rank()] if rank() < len(chunks) else full[:0]
             if mine.shape != local.shape:
@@ -309,7 +304,6 @@ def _trainer_state(models: dict, optimizers: dict):
 
 
 def _dcp(fn, state, path):
-    import torch.distributed.checkpoint as dcp
     with warnings.catch_warnings():  # one process: "assuming the intent is to save in a single process" is right
         warnings.filterwarnings("ignore", message=".*single process")
         fn(state, checkpoint_id=path, no_dist=world() == 1)
@@ -344,10 +338,8 @@ def save_checkpoint(out_dir, step: int, models: dict, optimizers: dict, tokenize
     _crash_point("trainer", step)
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(),  # 3. RNG of this rank; the caller's state
            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    with open(os.path.join(path, f"rng-{rank()}.pt"), "wb") as f:
+    with atomic_open(os.path.join(path, f"rng-{rank()}.pt"), "wb") as f:
         torch.save(rng, f)
-        f.flush()
-        os.fsync(f.fileno())
     if rank() == 0:
         write_atomic(os.path.join(path, "state.json"), json.dumps({"step": step, "world": world(), "state": state}))
     _crash_point("rng", step)

@@ -481,6 +481,18 @@ def read_weights(path, model: "CausalLM", dtype, device="cpu"):
         raise ValueError(f"{path}: checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
 
 
+def local_dir(name_or_path: str) -> str:
+    """The local Hugging Face directory of an alias, a directory or a hub id (downloaded where there is internet)."""
+    path = ALIASES.get(name_or_path, name_or_path)
+    if not os.path.isdir(path):
+        if "/" not in path or os.path.sep + "." in path or path.startswith((".", "/")):
+            raise ValueError(f"{name_or_path!r} is neither a directory nor a known alias "
+                             f"(known: {', '.join(ALIASES)}) nor a hub id like 'Qwen/Qwen2.5-Math-7B'")
+        from huggingface_hub import snapshot_download  # needs internet
+        path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    return path
+
+
 def load(name_or_path: str, dtype=torch.float32, device="cpu", value_head=False, seed=0):
     """Returns (model, tokenizer). name_or_path: an alias (see ALIASES), a local Hugging Face directory,
     a hub id (downloaded where there is internet), or "tiny" (random weights from `seed`, no download).
@@ -492,13 +504,7 @@ def load(name_or_path: str, dtype=torch.float32, device="cpu", value_head=False,
         tok = tiny_tokenizer()
         model.cfg.eos_token_id = tok.eos_token_id
         return model, tok
-    path = ALIASES.get(name_or_path, name_or_path)
-    if not os.path.isdir(path):
-        if "/" not in path or os.path.sep + "." in path or path.startswith((".", "/")):
-            raise ValueError(f"{name_or_path!r} is neither a directory nor a known alias "
-                             f"(known: {', '.join(ALIASES)}) nor a hub id like 'Qwen/Qwen2.5-Math-7B'")
-        from huggingface_hub import snapshot_download  # needs internet
-        path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    path = local_dir(name_or_path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory with "

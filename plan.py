@@ -50,7 +50,6 @@ Departures from the paper: none (the paper does not plan memory).
 """
 import contextlib
 import functools
-import inspect
 import json
 import os
 import sys
@@ -232,17 +231,6 @@ class CudaProbe:
 # ----------------------------------------------------------------------------------------------------
 # One PPO iteration, phase by phase, with ppo.py's and sample.py's functions
 # ----------------------------------------------------------------------------------------------------
-def _forward_response(net, ids, P, R, temperature, values, dtype):
-    """ppo.forward_response, for either signature: (net, ids, starts, R, ...) of the right-padded layout, or the
-    older (net, ids, attn, P, R, ...)."""
-    import ppo
-    params = list(inspect.signature(ppo.forward_response).parameters)
-    starts = torch.full((ids.shape[0],), P, dtype=torch.long, device=ids.device)
-    if "starts" in params:
-        return ppo.forward_response(net, ids, starts, R, temperature, values=values, dtype=dtype)
-    return ppo.forward_response(net, ids, None, P, R, temperature, values=values, dtype=dtype)
-
-
 def build_sharded(cfg, s):
     """Policy (fp32), critic (fp32, value head), reference (bf16) on the meta device, sharded by dist.shard as
     ppo.py shards them (bf16 compute). Run outside the fake mode: dist.shard makes a device mesh."""
@@ -257,11 +245,6 @@ def build_sharded(cfg, s):
     return models
 
 
-def _agg(loss_fn, s, denom):
-    """The trailing arguments of ppo.policy_loss / value_loss: (how, denom) or, in the older form, (n_tokens,)."""
-    return (s["loss_agg"], denom) if "how" in inspect.signature(loss_fn).parameters else (denom,)
-
-
 def _empty_copy(cfg, device):
     """decode_copy(model, copy=None)'s allocation (a bf16 CausalLM built on meta, then given storage), done so
     that it runs under FakeTensorMode: there Module.to() and to_empty() must swap each FakeTensor parameter, which
@@ -270,10 +253,7 @@ def _empty_copy(cfg, device):
     from torch._subclasses.fake_tensor import unset_fake_temporarily
     with unset_fake_temporarily(), torch.device("meta"):
         copy = M.CausalLM(cfg).to(torch.bfloat16)
-    copy.to_empty(device=device)
-    if cfg.tie_word_embeddings:
-        copy.lm_head.weight = copy.model.embed_tokens.weight
-    return copy
+    return copy.to_empty(device=device)  # (CausalLM.to_empty keeps lm_head tied)
 
 
 def run_iteration(cfg, s, probe, device, metas, passes=2, log=print):
@@ -345,11 +325,14 @@ def run_iteration(cfg, s, probe, device, metas, passes=2, log=print):
 
         # ---- score: old log-probs, reference log-probs, values; no grad ----
         x = torch.zeros(rows, W, dtype=torch.long, device=device)
+        starts = torch.full((rows,), P, dtype=torch.long, device=device)  # every row: a full prompt, then R tokens
+        score = functools.partial(ppo.forward_response, ids=x, starts=starts, R=R, temperature=s["temperature"],
+                                  dtype=bf16)
         policy.eval(), critic.eval()
         with phase("score"), torch.no_grad(), autocast:
-            lp, e = _forward_response(policy, x, P, R, s["temperature"], False, bf16)
-            rlp, _ = _forward_response(ref, x, P, R, s["temperature"], False, bf16)
-            v = _forward_response(critic, x, P, R, s["temperature"], True, bf16)
+            lp, e = score(policy)
+            rlp, _ = score(ref)
+            v = score(critic, values=True)
             old_lp, old_v = lp.float(), v.float()
             del lp, e, rlp, v
 
@@ -357,13 +340,13 @@ def run_iteration(cfg, s, probe, device, metas, passes=2, log=print):
         policy.train(), critic.train()
         adv = torch.zeros(rows, R, device=device)
         returns, m = torch.zeros_like(adv), torch.ones_like(adv)
+        denom = float(rows * R if s["loss_agg"] == "token-mean" else rows)  # the losses' minibatch count
         with phase("train"), autocast:
             for _ in range(2):
-                lp, _ = _forward_response(policy, x, P, R, s["temperature"], False, bf16)
-                agg = _agg(ppo.policy_loss, s, float(rows * R))  # the aggregation arguments of the losses
-                pl, _ = ppo.policy_loss(lp.float(), old_lp, adv, m, 0.2, *agg)
-                v = _forward_response(critic, x, P, R, s["temperature"], True, bf16)
-                vl, _ = ppo.value_loss(v, old_v, returns, m, s["value_clip"], *agg)
+                lp, _ = score(policy)
+                pl, _ = ppo.policy_loss(lp.float(), old_lp, adv, m, 0.2, s["loss_agg"], denom)
+                v = score(critic, values=True)
+                vl, _ = ppo.value_loss(v, old_v, returns, m, s["value_clip"], s["loss_agg"], denom)
                 ((pl + vl) * world).backward()
                 del lp, pl, v, vl
         del x, adv, returns, m, old_lp, old_v
@@ -457,8 +440,7 @@ def settings_from_args(args):
         micro_batch=args.micro_batch, rollout_batch=args.rollout_batch, n_samples=args.n_samples,
         temperature=args.temperature, value_clip=args.value_clip, actor_lr=args.actor_lr, critic_lr=args.critic_lr,
         grad_ckpt=bool(args.grad_ckpt), gpu_bytes=int(args.gpu_memory * GB),
-        loss_agg=getattr(args, "loss_agg", None) or "seq-mean-token-mean",
-        kv_slots=int(getattr(args, "kv_slots", 0) or 0))
+        loss_agg=args.loss_agg, kv_slots=args.kv_slots)
 
 
 def table(peaks, budget, measured=None):

@@ -378,9 +378,9 @@ RESUME_FREE = ("kill_at_step", "dist_timeout", "keep_checkpoints", "save_every",
 
 def check_args(args):
     """Every flag, before any model loads or any work (the classroom SFT run included): `error: --flag: got X,
-    expected Y`, exit status 2. Reads the prompt files and the tokenizer (no weights) to count the prompts that
-    fit --max-prompt-len. Returns the content of OUT/args.json (dist.resume_args: a resume with other arguments
-    is refused unless --allow-changed-args)."""
+    expected Y`, exit status 2. Reads the prompt files and the tokenizer (no weights) and keeps the prompts that
+    fit --max-prompt-len. Returns (the content of OUT/args.json (dist.resume_args: a resume with other arguments
+    is refused unless --allow-changed-args), the kept training rows, their formatted prompts, the held-out rows)."""
     import data
     req = dist.require
     req(args.iterations >= 1, "--iterations", args.iterations, "an integer >= 1")
@@ -427,10 +427,10 @@ def check_args(args):
     except ValueError:
         dist.arg_error("--cosine", f"got {args.cosine}, expected five comma-separated numbers")
     rows = {}
-    for flag, spec, n, split in (("--prompts", args.prompts, 5000, "train"), ("--eval-data", args.eval_data,
-                                                                             args.n_eval, "test")):
+    for flag, spec, n, seed, split in (("--prompts", args.prompts, 5000, args.seed, "train"),
+                                       ("--eval-data", args.eval_data, args.n_eval, args.seed + 1, "test")):
         try:
-            rows[flag] = load_prompt_rows(spec, n, args.seed, split)
+            rows[flag] = load_prompt_rows(spec, n, seed, split)
         except data.DataError as e:
             dist.arg_error(flag, str(e))
         req(rows[flag], flag, spec, "a non-empty problem set")
@@ -446,12 +446,12 @@ def check_args(args):
         _, tok = M.load("tiny" if args.model == "tiny" else args.model, device="meta")
     except (OSError, ValueError) as e:
         dist.arg_error("--model", str(e))
-    fit = sum(len(encode_prompt(tok, format_prompt(r["problem"], tok, r.get("options")))) <= args.max_prompt_len
-              for r in rows["--prompts"])
-    req(fit >= args.rollout_batch, "--max-prompt-len", args.max_prompt_len, f"a length that keeps at least "
-        f"--rollout-batch {args.rollout_batch} of the {len(rows['--prompts'])} prompts of {args.prompts} "
-        f"({fit} fit)")
-    return saved
+    prompts = [format_prompt(r["problem"], tok, r.get("options")) for r in rows["--prompts"]]
+    keep = [i for i, p in enumerate(prompts) if len(encode_prompt(tok, p)) <= args.max_prompt_len]
+    req(len(keep) >= args.rollout_batch, "--max-prompt-len", args.max_prompt_len, f"a length that keeps at least "
+        f"--rollout-batch {args.rollout_batch} of the {len(prompts)} prompts of {args.prompts} ({len(keep)} fit)")
+    return (saved, [rows["--prompts"][i] for i in keep], [prompts[i] for i in keep],
+            rows["--eval-data"][:args.n_eval])
 
 
 def ensure_start(args):
@@ -478,11 +478,10 @@ def main(argv=None):
     if args.plan:  # the memory plan (plan.py) runs this file's functions on fake tensors; no training
         import plan
         sys.exit(plan.main(args))  # 1 when a phase does not fit
-    saved_args = check_args(args)  # every flag, before any model loads
+    saved_args, rows, prompts, eval_rows = check_args(args)  # every flag and the prompts, before any model loads
     rank, world, device = dist.init(args.dist_timeout)
     import reward as RW
     import verify
-    from data import format_prompt
     from eval import evaluate
     from sample import decode_copy, encode_prompt, generate
 
@@ -501,27 +500,13 @@ def main(argv=None):
     policy.gradient_checkpointing = critic.gradient_checkpointing = args.grad_ckpt
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, betas=(0.9, 0.95), weight_decay=0.0)
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    try:
-        r0c, rLc, r0w, rLw, exc = (float(v) for v in args.cosine.split(","))
-    except ValueError:
-        raise ValueError(f"--cosine {args.cosine!r}: expected five comma-separated numbers") from None
+    r0c, rLc, r0w, rLw, exc = (float(v) for v in args.cosine.split(","))  # (check_args: five numbers)
     rcfg = RW.RewardConfig(kind=args.reward, max_len=args.max_new_tokens, r0_correct=r0c, rL_correct=rLc,
                            r0_wrong=r0w, rL_wrong=rLw, exceed_reward=exc, rep_n=args.rep_n,
                            rep_penalty=args.rep_penalty, gamma=args.gamma, rep_gamma=args.rep_gamma,
                            exceed_margin=args.exceed_margin)
 
-    # ---- data: prompts in a seeded order per epoch; the data position is the iteration number ----
-    rows = load_prompt_rows(args.prompts, 5000, args.seed, "train")
-    prompts = [format_prompt(r["problem"], tok, r.get("options")) for r in rows]
-    keep = [i for i, p in enumerate(prompts) if len(encode_prompt(tok, p)) <= args.max_prompt_len]
-    rows, prompts = [rows[i] for i in keep], [prompts[i] for i in keep]
-    eval_rows = load_prompt_rows(args.eval_data, args.n_eval, args.seed + 1, "test")[:args.n_eval]
-    if args.rollout_batch % world:
-        raise ValueError(f"--rollout-batch {args.rollout_batch} must be divisible by the number of ranks ({world})")
-    if len(rows) < args.rollout_batch:
-        raise ValueError(f"--prompts {args.prompts}: {len(rows)} prompts of at most --max-prompt-len "
-                         f"{args.max_prompt_len} tokens, fewer than --rollout-batch {args.rollout_batch}")
-
+    # ---- data: the prompts check_args kept, in a seeded order per epoch; the data position is the iteration ----
     def prompt_indices(it):
         per_epoch = len(rows) // args.rollout_batch
         epoch, k = divmod(it, per_epoch)

@@ -182,7 +182,8 @@ class DecodeState:
 
     def matches(self, model, slots, capacity, dtype, device, use_graph, n_stop):
         """True when this state can serve a call with these settings (same live model, same weight storage)."""
-        return (self.model_ref() is model and n_stop <= self.stop.numel() and (slots, capacity, dtype, torch.device(device), use_graph)
+        return (self.model_ref() is model and n_stop <= self.stop.numel()
+                and (slots, capacity, dtype, torch.device(device), use_graph)
                 == (self.slots, self.capacity, self.dtype, self.device, self.use_graph)
                 and self.backend == kernels.backend() and self.params == param_addresses(model))
 
