@@ -34,13 +34,18 @@ def test_repeated_ngram():
 
 
 def test_pipeline_at_toy_size(tmp_path):
-    """Every stage at toy size in this process: results.json with every finding and a verdict, the five plots,
-    the table written between the README markers (the text around them untouched); a second call reuses the
-    finished stages (nothing retrained)."""
+    """Every stage at toy size, as the real run does it (two worker subprocesses, each stage waiting for its SFT
+    start): results.json with every finding and a verdict, the five plots, the table written between the README
+    markers (the text around them untouched); a second call, in this process, reuses the finished stages
+    (nothing retrained)."""
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n{R.README_START}\nold table\n{R.README_END}\nafter\n")
     root = tmp_path / "rep"
-    res = R.replicate(R.TOY, str(root), workers=0, readme=str(readme))
+    res = R.replicate(R.TOY, str(root), workers=2, readme=str(readme))
+    for name, spec in R.stages(R.TOY, str(root)).items():
+        assert "[replicate] stage" in (root / name / "log.txt").read_text()  # it ran in a worker
+        for before in spec["after"]:  # a PPO stage started after its SFT start had finished
+            assert (root / before / "analysis.json").stat().st_mtime <= (root / name / "args.json").stat().st_mtime
     assert set(res["findings"]) == {"F1", "F2", "F3", "F4", "F5"}
     assert all(f["verdict"] for f in res["findings"].values())
     text = readme.read_text()
@@ -50,12 +55,15 @@ def test_pipeline_at_toy_size(tmp_path):
     for name in ("f1_sft_scaling", "f2_rl_after_sft", "f3_length_stability", "f4_repetition", "f5_reflection"):
         assert (root / f"{name}.png").stat().st_size > 0
     saved = json.loads((root / "results.json").read_text())
-    assert saved["findings"]["F1"]["steps"] == [1, 2, 3, 4] and len(saved["findings"]["F1"]["long"]) == 4
+    assert saved["findings"]["F1"]["steps"] == {"long": [1, 2, 3, 4], "short": [3, 6, 9, 12]}
+    assert len(saved["findings"]["F1"]["long"]) == len(saved["findings"]["F1"]["short"]) == 4
     assert json.loads((root / "ppo-long-classic-s1" / "args.json").read_text())["reward"] == "classic"
     assert json.loads((root / "ppo-long-cosine-s1" / "args.json").read_text())["rep_penalty"] == 0
-    # short CoT gets the same SFT tokens and steps, so more problems in larger batches
+    # short CoT gets the same SFT tokens (within one budget point of batches), so more problems
     f1 = saved["findings"]["F1"]
-    assert f1["problems"]["short"] > 3 * f1["problems"]["long"] and f1["batch"]["short"] > 3 * f1["batch"]["long"]
+    assert f1["problems"]["short"] > 3 * f1["problems"]["long"]
+    unit = f1["batch"]["short"] * 4 * f1["tokens_per_example"]["short"]
+    assert abs(f1["tokens_short"][-1] - f1["tokens"][-1]) <= unit / 2
     mtime = (root / "ppo-long-classic-s1" / "metrics.jsonl").stat().st_mtime
     a_mtime = (root / "ppo-long-classic-s1" / "analysis.json").stat().st_mtime
     sft_mtime = (root / "sft-long-s1" / "metrics.jsonl").stat().st_mtime
@@ -66,3 +74,13 @@ def test_pipeline_at_toy_size(tmp_path):
     assert (root / "sft-long-s1" / "metrics.jsonl").stat().st_mtime == sft_mtime  # trained once: done.json
     assert (root / "sft-long-s1" / "analysis.json").exists()
     assert json.loads(json.dumps(again["findings"]["F2"])) == json.loads(json.dumps(res["findings"]["F2"]))
+
+
+def test_a_failed_stage_stops_the_run_and_names_its_log(tmp_path):
+    """A worker that fails stops the run with the stage's name and log (not a hang, not a half-written table)."""
+    root = tmp_path / "rep"
+    R.write_data(R.TOY, str(root))
+    (root / "data" / "test.jsonl").write_text("not json\n")  # every stage's held-out file is unreadable
+    with pytest.raises(RuntimeError, match=r"stage sft-\w+-s1 failed \(exit \d+\): see .*log.txt"):
+        R.replicate(R.TOY, str(root), workers=2, readme="")
+    assert not (root / "results.json").exists()
