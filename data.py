@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ops", default="add", help="comma list of add,sub,mul; addition alone is the default task")
     c.add_argument("--digits", type=int, default=3, help="digits of the first operand; 3 is learnable in minutes")
     c.add_argument("--digits-b", type=int, default=None, help="digits of the second operand (add/sub); None = --digits")
+    c.add_argument("--max-digits", type=int, default=None, help="a mix of sizes: digits..max-digits per problem")
     c.add_argument("--p-error", type=float, default=0.3, help="fraction of long traces with a wrong step + correction")
     c.add_argument("--out", default="classroom_long.jsonl", help="output JSONL (prompt, response, id, answer)")
 
@@ -440,25 +441,26 @@ def format_prompt(problem: str, tokenizer=None, options: Sequence[str] | None = 
 # The classroom task: seeded arithmetic with long and short chains of thought
 # ----------------------------------------------------------------------------------------------------------
 #
-# Problem "482+376=?", answer "858". Long CoT (default knobs, 3-digit + 3-digit addition: 217-335 characters,
-# mean about 270; the plain prompt adds 30). Every column line has the same width (numbers right-aligned, sums
+# Problem "482+376=?", answer "858". Long CoT (default knobs, 3-digit + 3-digit addition: 202-319 characters,
+# mean about 253; the plain prompt adds 30). Every column line has the same width (numbers right-aligned, sums
 # with two digits), so each digit a line needs sits at a fixed distance: the digits to add end what is left of
 # the numbers at the start of the line, and what is left, the carry and the digits so far are the line above
-# shifted by one column. A 0.8M-parameter model with rotary positions learns such fixed-distance look-ups
-# quickly; fetching digits from a distance that varies from trace to trace it did not learn in our CPU budget:
+# shifted by one column; the answer line copies the digits so far from the end of the line above. A
+# 0.8M-parameter model with rotary positions learns such fixed-distance look-ups quickly; fetching digits from a
+# distance that varies from trace to trace it did not learn in our CPU budget (an earlier ending restated
+# "482+376=858" from the prompt: models that got every column right still copied the operands or the sum wrong):
 #
 #     Add right to left.
 #     482+376: 2+6+0=08, write 8, carry 0, so far    8.
-#      48+ 37: 8+7+0=14, write 4, carry 1, so far   48.
-#     Wait, recheck:  48+ 37: 8+7+0=15, write 5, carry 1, so far   58.
+#      48+ 37: 8+7+0=15, write 5, carry 1, so far   58.
+#     Wait, recheck:  48+ 37: 8+7+0=14, write 4, carry 1, so far   48.
 #       4+  3: 4+3+1=08, write 8, carry 0, so far  858.
-#     So 482+376=858.
-#     Verify: 858-376=482.
+#     So the answer is 858.
 #     \boxed{858}
 #
-# Short CoT (24-26 characters): "482+376=858. \boxed{858}". With all three ops the long CoT is 216-336
-# characters. Subtraction borrows ("12-6-0=6, write 6, borrow 1, so far ...") and is verified by addition;
-# multiplication by a single digit carries ("7*8+3=59, write 9, carry 5, ...") and is checked by an estimate.
+# Short CoT (24-26 characters): "482+376=858. \boxed{858}". With all three ops the long CoT is 201-319
+# characters. Subtraction borrows ("12-6-0=6, write 6, borrow 1, so far ...") and multiplication by a single
+# digit carries ("7*8+3=59, write 9, carry 5, ...").
 
 OPS = {"add": "+", "sub": "-", "mul": "*"}
 RECHECK = "Wait, recheck: "
@@ -540,15 +542,7 @@ def long_cot(a: int, b: int, op: str, rng: random.Random, p_error: float) -> str
         else:
             out.append(_step_line(rest, lhs, value, op, f"{digit}{digits}".rjust(width)))
         digits = f"{digit}{digits}"
-    out.append(f"So {a}{sym}{b}={result}.")
-    if op == "add":
-        out.append(f"Verify: {result}-{b}={a}.")
-    elif op == "sub":
-        out.append(f"Verify: {result}+{b}={a}.")
-    else:
-        p = 10 ** (len(str(a)) - 1)
-        est = (a + p // 2) // p * p  # a rounded to one significant digit
-        out.append(f"Estimate: {est}*{b}={est * b}, close.")
+    out.append(f"So the answer is {result}.")  # the digits so far, one line up: a fixed distance again
     out.append(f"\\boxed{{{result}}}")
     return "\n".join(out)
 
@@ -566,27 +560,30 @@ def is_test_problem(problem: str, test_frac: float = 0.1) -> bool:
 
 
 def classroom(n: int, seed: int, split: str = "train", *, ops: str | Sequence[str] = "add", digits: int = 3,
-              digits_b: int | None = None, p_error: float = 0.3, test_frac: float = 0.1) -> list[dict]:
-    """n distinct arithmetic problems of one split, a pure function of (seed, split, knobs).
+              digits_b: int | None = None, max_digits: int | None = None, p_error: float = 0.3,
+              test_frac: float = 0.1, distinct: bool = True) -> list[dict]:
+    """n arithmetic problems of one split, a pure function of (seed, split, knobs).
 
     Rows: id, problem ("482+376=?"), answer ("858"), long_cot, short_cot, kind="math".
     Knobs: ops (add, sub, mul; mul multiplies by one digit 2..9), digits of the first operand, digits_b of the
-    second (add/sub, default = digits), p_error (share of long traces with a corrected mistake), test_frac
-    (share of the problem space reserved for the test split).
+    second (add/sub, default = digits), max_digits (a mix of sizes: each problem draws its digits uniformly from
+    digits..max_digits, both operands alike unless digits_b is given), p_error (share of long traces with a
+    corrected mistake), test_frac (share of the problem space reserved for the test split), distinct (no problem
+    twice; False lets a large training set repeat the small sizes' problems instead of running out of them).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     ops = [o.strip() for o in ops.split(",")] if isinstance(ops, str) else list(ops)
     if not ops or any(o not in OPS for o in ops):
         raise ValueError(f"ops must name some of {sorted(OPS)}, got {ops!r}")
-    digits_b = digits if digits_b is None else digits_b
-    if not (1 <= digits <= 18 and 1 <= digits_b <= 18):
-        raise ValueError(f"digits and digits_b must be in 1..18, got {digits}, {digits_b}")
+    max_digits = digits if max_digits is None else max_digits
+    if not (1 <= digits <= max_digits <= 18 and (digits_b is None or 1 <= digits_b <= 18)):
+        raise ValueError(f"need 1 <= digits <= max_digits <= 18 and digits_b in 1..18, got {digits}, {max_digits}, "
+                         f"{digits_b}")
     if not 0.0 <= p_error <= 1.0 or not 0.0 < test_frac < 1.0:
         raise ValueError(f"need 0 <= p_error <= 1 and 0 < test_frac < 1, got {p_error}, {test_frac}")
     rng = random.Random(f"classroom/{split}/{seed}")
-    lo_a, hi_a = 10 ** (digits - 1) if digits > 1 else 0, 10 ** digits - 1
-    lo_b, hi_b = 10 ** (digits_b - 1) if digits_b > 1 else 0, 10 ** digits_b - 1
+    span = lambda d: (10 ** (d - 1) if d > 1 else 0, 10 ** d - 1)  # noqa: E731  (smallest, largest) d-digit number
     rows, seen, tries = [], set(), 0
     while len(rows) < n:
         tries += 1
@@ -594,12 +591,13 @@ def classroom(n: int, seed: int, split: str = "train", *, ops: str | Sequence[st
             raise ValueError(f"could only find {len(rows)} distinct {split} problems of {n}: "
                              f"the problem space is too small for these knobs ({ops}, digits={digits})")
         op = rng.choice(ops)
-        a = rng.randint(lo_a, hi_a)
-        b = rng.randint(2, 9) if op == "mul" else rng.randint(lo_b, hi_b)
+        d = digits if max_digits == digits else rng.randint(digits, max_digits)  # no draw without a mix
+        a = rng.randint(*span(d))
+        b = rng.randint(2, 9) if op == "mul" else rng.randint(*span(d if digits_b is None else digits_b))
         if op == "sub" and a < b:
             a, b = b, a
         problem = f"{a}{OPS[op]}{b}=?"
-        if problem in seen or is_test_problem(problem, test_frac) != (split == "test"):
+        if (distinct and problem in seen) or is_test_problem(problem, test_frac) != (split == "test"):
             continue
         seen.add(problem)
         answer = str({"add": a + b, "sub": a - b, "mul": a * b}[op])
@@ -744,6 +742,8 @@ def check_args(args) -> list[dict]:
         req(all(o in OPS for o in ops), "--ops", args.ops, f"a comma list of {', '.join(OPS)}")
         req(1 <= args.digits <= 18, "--digits", args.digits, "an integer in 1..18")
         req(args.digits_b is None or 1 <= args.digits_b <= 18, "--digits-b", args.digits_b, "an integer in 1..18")
+        req(args.max_digits is None or args.digits <= args.max_digits <= 18, "--max-digits", args.max_digits,
+            f"an integer in --digits ({args.digits})..18")
         req(0 <= args.p_error <= 1, "--p-error", args.p_error, "a fraction in [0, 1]")
         check_writable("--out", args.out, folder=False)
         return []
@@ -804,7 +804,7 @@ def main(argv=None) -> None:
     rows = check_args(args)
     if args.cmd == "classroom":
         rows = classroom(args.n, args.seed, args.split, ops=args.ops, digits=args.digits, digits_b=args.digits_b,
-                         p_error=args.p_error)
+                         max_digits=args.max_digits, p_error=args.p_error)
         n = write_jsonl(args.out, sft_rows(rows, cot=args.cot))
         lengths = [len(r[f"{args.cot}_cot"]) for r in rows]
         print(f"wrote {n} rows to {args.out}; {args.cot} CoT length {min(lengths)}..{max(lengths)} characters, "

@@ -143,6 +143,8 @@ def parse_args(argv=None):
     a("--n", "--n-samples", dest="n", type=int, default=1,
       help="samples per question (under torchrun spell it --n-samples: torchrun's parser takes --n)")
     a("--limit", type=int, default=0, help="first K questions of each benchmark (0: all)")
+    a("--digits", type=int, default=3, help="classroom: digits per operand")
+    a("--max-digits", type=int, default=0, help="classroom: a mix of sizes, digits..max-digits (0: none)")
     a("--temperature", type=float, default=0.7, help="paper's setting")
     a("--top-p", type=float, default=0.95, help="paper's setting")
     a("--max-new-tokens", type=int, default=16384, help="paper's setting")
@@ -170,6 +172,9 @@ def check_args(args):
     req(args.temperature >= 0, "--temperature", args.temperature, ">= 0 (0: greedy)")
     req(0 < args.top_p <= 1, "--top-p", args.top_p, "a number in (0, 1]")
     req(args.max_new_tokens >= 1, "--max-new-tokens", args.max_new_tokens, "an integer >= 1")
+    req(1 <= args.digits <= 18, "--digits", args.digits, "an integer in 1..18 (classroom operands)")
+    req(args.max_digits == 0 or args.digits <= args.max_digits <= 18, "--max-digits", args.max_digits,
+        f"0 (no mix) or an integer in --digits ({args.digits})..18")
     req(args.kv_slots >= 0, "--kv-slots", args.kv_slots, "an integer >= 0 (0: as many as fit)")
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     known = sorted(data.BENCHMARKS) + ["classroom"]
@@ -179,8 +184,11 @@ def check_args(args):
     rows = {}
     for name in names:
         try:
-            rows[name] = data.classroom(args.limit or 200, seed=1, split="test") if name == "classroom" \
-                else data.load_benchmark(name)
+            if name == "classroom":
+                rows[name] = data.classroom(args.limit or 200, seed=1, split="test", digits=args.digits,
+                                            max_digits=args.max_digits or None)
+            else:
+                rows[name] = data.load_benchmark(name)
         except data.DataError as e:
             dist.arg_error("--benchmarks", str(e))
         rows[name] = rows[name][:args.limit] if args.limit else rows[name]

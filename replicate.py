@@ -11,52 +11,64 @@ checkpoint (sft.py and ppo.py resume on the same --out), so running the command 
 Each stage is `python sft.py ...` or `python ppo.py ...` with the flags below, then one evaluation of its final
 model (analysis.json). The table and plots are made from those files only.
 
-Design (second version, written 2026-11-30 10:10 before its reported runs; developed on seed 100 only)
------------------------------------------------------------------------------------------------------------
-Why a second version: the first (3-digit addition, 4 epochs over 2,240 problems, batch 8, 1,120 steps for both
-CoT types; its full run is in the git history of README.md) ended SFT in the middle of the model's learning
-transition, so the seeds split into "learnt" and "not learnt" (short CoT 0.94 / 0.01 / 0.935), every PPO start
-sat at the floor or the ceiling on some seed, and one of its choices (batch 8) was made on reported seed 1.
-What changed, and what each change rests on (dev seed 100, held-out accuracy at 1/4, 1/2, 3/4, all of the run):
-- Task: 4-digit addition (data.classroom, digits=4): the one-shot sum needs a 4-digit carry chain, and 3-digit
-  sums were within the short model's one-shot reach (0.94 on two seeds). Long CoT: one line per column, a
-  verification line and \\boxed{}, 30% of traces with a slip and "Wait, recheck:" (303-410 tokens; prompt ~30).
-  Short CoT: the sum at once (~30 tokens).
-- Fresh problems, one epoch: the first version's long model reached a training loss of 0.02 over 4 epochs while
-  its held-out accuracy stayed at 0.2 (memorised traces; its held-out errors were wrong digit sums).
-- Each CoT type at its own better batch of two, at equal tokens (3.3M): long batch 8 -> 0.00, 0.00, 0.00, 0.19
-  (1,120 steps); long batch 4 -> 0.00, 0.09, 0.41, 0.72 (2,240 steps); short batch 24 -> 0.00, 0.00, 0.00 at
-  3/4 (training loss flat at 0.4); short batch 48 -> 0.00, 0.00, 0.04, 0.59 (1,120 steps). So long CoT gets 4
-  and short CoT 48: the long run has twice the optimizer steps. The first version forced equal steps; the paper
-  compares CoT types at equal tokens (its Fig. 1 is accuracy against SFT tokens), each with its own recipe.
-- Generation limit T = 451 tokens: 10% headroom over the longest correct trace (410 of 20,000 sampled).
-- Finding 2's precondition is checked per seed (not on the mean): see the criteria.
+Design (third version, written 2026-11-30 10:00 before its reported runs on seeds 11-13; developed on seeds
+100, 1 and 2, which are not reported)
+-----------------------------------------------------------------------------------------------------------------
+History. Version 1 (3-digit addition, 4 epochs over 2,240 problems, batch 8, 1,120 steps for both CoT types,
+seeds 1-3; its table is in the git history of README.md) ended SFT in the middle of the model's learning
+transition: the seeds split into "learnt" and "not learnt" (short CoT 0.94 / 0.01 / 0.935), some PPO start sat
+at the floor or the ceiling on every configuration, and one choice (batch 8) was made on reported seed 1.
+Version 2 (4-digit addition, fresh problems, long batch 4 / short batch 48 at equal tokens, chosen on dev seed
+100: long 0.72, short 0.59) was stopped after its SFT stages, before any PPO: on seeds 1 and 2 the short model
+stayed at the floor (0.01, 0.00) and the long model reached 0.63 and 0.05. Those seeds became development seeds.
+What version 3 changes, and what each change rests on:
+- Task: a mix of 2-, 3- and 4-digit additions (data.classroom digits=2, max_digits=4), as the issue suggests:
+  length varies with difficulty, and the one-shot (short) model can get the small sums without the large ones,
+  so that neither start needs to sit at the floor. On dev seed 2 the mix gave the long model 0.29 where 4-digit
+  problems gave 0.05 (same steps).
+- The long trace ends "So the answer is N." (the digits so far, one line up) instead of restating "A+B=N" and a
+  "Verify: N-B=A" line: on dev seed 2 a model that wrote every column right still failed the restatement (it
+  copies the operands from the prompt, at a distance that varies by trace), 0.025 held-out with a training
+  loss of 0.02. This is data.classroom's format for every user now; long traces: 2-digit ~180, 4-digit <= 389
+  characters.
+- Twice the SFT tokens of version 2 (~5.1M per run): on every dev seed the long model's held-out accuracy was
+  still rising steeply at the end of 2,240 steps (seed 100: 0.41 -> 0.72 over the last quarter; seed 2: 0.01
+  -> 0.18), and the short model at 948 steps (mix, seed 2) had not learnt even the 2-digit sums (0.00). The
+  PPO stages are unchanged and the 60 minutes hold only this much.
+- Each CoT type at its own batch size (long 4, short 48), at equal tokens: on dev seed 100 (4-digit, 3.3M
+  tokens) long batch 8 -> 0.19 and batch 4 -> 0.72 (twice the steps); short batch 24 -> 0.00 and batch 48 ->
+  0.59 (more problems per step). On dev seed 2, long batch 2 (4x the steps of batch 8) -> 0.10 vs batch 4 0.05.
+  The paper compares CoT types at equal tokens (its Fig. 1 is accuracy against SFT tokens), each with its
+  own recipe; version 1 forced equal steps.
+- Generation limit T = 428 tokens: 10% headroom over the longest correct trace (389 of 20,000 4-digit traces).
+- Finding 2's precondition is checked per seed (version 1 checked the mean start).
 - Finding 3 compares the classic reward with the recipe (cosine + repetition penalty), not with the cosine
   reward alone: the authors' Sec. 4.2 length-stability script (the one ppo.py's PAPER preset copies) runs the
   cosine reward with the repetition penalty on. The cosine-alone run is finding 4's; its length change is
-  reported next to finding 3 without a verdict. (This change was made after the first version's run, where the
-  cosine reward alone grew length; the reason is the authors' script, and the first version's result stays
-  reported in README's history.)
+  reported next to finding 3 without a verdict. (Changed after version 1's run, in which the cosine reward
+  alone grew length; the reason is the authors' script.)
+- Reported seeds 11, 12, 13: seeds no version has run before.
 Model: the built-in `tiny` (0.9M parameters, character tokenizer).
-Seeds: 1, 2, 3 (full run); 1 (--quick: half the SFT tokens, 4 PPO iterations, 100 held-out problems, so not the
-  full run's numbers). A seed changes the SFT data sample and order, the model init and every sampling seed.
-  The held-out set is the same 200 test-split problems (hash-disjoint from training) for all runs.
-SFT (finding 1): for each CoT type and seed ONE run over fresh problems (long 8,960 at batch 4 = 2,240 steps;
-  short 53,568 at batch 48 = 1,116 steps; both ~3.3M tokens), sft.py's lr schedule (3e-3, 5% warmup, cosine to
-  0.1x), held-out accuracy after 1/4, 1/2, 3/4 and all of its tokens (budgets spanning 4x). Departure: the paper
-  trains one model per budget; here the smaller budgets are checkpoints of one run (lr not yet decayed there,
-  the same for both CoT types).
+Seeds: 11, 12, 13 (full run); 11 (--quick: 3/8 of the SFT tokens, 4 PPO iterations, 100 held-out problems, so
+  not the full run's numbers). A seed changes the SFT data sample and order, the model init and every sampling
+  seed. The held-out set is the same 200 test-split problems (a third of each size, hash-disjoint from
+  training) for all runs.
+SFT (finding 1): for each CoT type and seed ONE run over one pass of its problems (long 17,920 at batch 4 = 4,480
+  steps; short ~91,000 at batch 48 = ~1,900 steps; both ~5.1M tokens; the 2-digit problems repeat, there are
+  only ~7,300 of them), sft.py's lr schedule (3e-3, 5% warmup, cosine to 0.1x), held-out accuracy after 1/4,
+  1/2, 3/4 and all of its tokens (budgets spanning 4x). Departure: the paper trains one model per budget; here
+  the smaller budgets are checkpoints of one run (lr not yet decayed there, the same for both CoT types).
 PPO (findings 2-5): from each seed's final SFT model, ppo.py's classroom preset (cosine reward 2/1/-10/0, exceed
   -10, KL 0.01, 4 samples per prompt, 2 epochs, seq-mean-token-mean) with 16 prompts per iteration (64 samples,
-  minibatch 32: 4 optimizer steps per iteration; the preset has 32 prompts), --max-new-tokens 451,
+  minibatch 32: 4 optimizer steps per iteration; the preset has 32 prompts), --max-new-tokens 428,
   10 iterations (held-out evaluation at 0 and 10). Four configurations x 3 seeds:
      long-cosine-rep   long-CoT start, cosine reward + repetition penalty (n = 40 tokens, -0.05: the recipe)
      short-cosine-rep  short-CoT start, the same
      long-classic      long-CoT start, classic 0/1 reward, no repetition penalty
      long-cosine       long-CoT start, cosine reward, no repetition penalty
-Evaluation: held-out accuracy at temperature 0.7, top-p 0.95, T = 451, one sample per problem (sft.py's and
+Evaluation: held-out accuracy at temperature 0.7, top-p 0.95, T = 428, one sample per problem (sft.py's and
   ppo.py's own evaluations). After each stage its final model answers the held-out set once more
-  (analysis.json): accuracy, length, truncation, repetition (share of responses with a repeated 40-token n-gram:
+  (analysis.json): accuracy (also per problem size), length, truncation, repetition (share of responses with a repeated 40-token n-gram:
   the penalty's n), reflection ("Wait, recheck" lines per response).
 
 Hypotheses and the criterion for "reproduces" (pre-registered). Over seeds: mean and standard error (SE, sample
@@ -98,17 +110,17 @@ START_RANGE = (0.05, 0.95)  # F2's precondition, per seed: a PPO start's held-ou
 # Settings. FULL is the reported run; QUICK one seed, shorter; TOY the smoke test's (seconds).
 # ----------------------------------------------------------------------------------------------------
 FULL = dict(
-    name="full", seeds=(1, 2, 3), root="runs/replicate",
-    digits=4, p_error=0.3,  # the task: data.classroom addition (column-by-column long CoT, answer-at-once short)
+    name="full", seeds=(11, 12, 13), root="runs/replicate",
+    digits=2, max_digits=4, p_error=0.3,  # the task: data.classroom addition of 2- to 4-digit numbers, sizes mixed
     n_test=200, test_seed=0,  # held-out problems (test split), the same for every run
-    max_new_tokens=451,  # T: generation limit at evaluation and in PPO (the cosine reward's T): 1.1 x 410
-    sft_long_problems=8960, sft_epochs=1,  # long CoT: 8960 fresh problems / batch 4 = 2240 optimizer steps
+    max_new_tokens=428,  # T: generation limit at evaluation and in PPO (the cosine reward's T): 1.1 x 389
+    sft_long_problems=17920, sft_epochs=1,  # long CoT: 17920 problems / batch 4 = 4480 optimizer steps
     sft_batch={"long": 4, "short": 48},  # each CoT type's better batch of two tried on dev seed 100 (docstring)
     budget_points=4,  # held-out accuracy after 1/4, 2/4, 3/4, 4/4 of the SFT tokens (one run)
     ppo_iterations=10, ppo_eval_every=10, n_prompts=4000,
     ppo_args=["--rep-n", "40", "--rollout-batch", "16", "--train-batch", "32"],
 )
-QUICK = dict(FULL, name="quick", seeds=(1,), root="runs/replicate-quick", n_test=100, sft_long_problems=4480,
+QUICK = dict(FULL, name="quick", seeds=(11,), root="runs/replicate-quick", n_test=100, sft_long_problems=6720,
              ppo_iterations=4, ppo_eval_every=4)
 TOY = dict(FULL, name="toy", seeds=(1,), root="runs/replicate-toy", n_test=4, max_new_tokens=24,
            sft_long_problems=16, sft_batch={"long": 4, "short": 8}, n_prompts=8, ppo_iterations=2, ppo_eval_every=1,
@@ -196,7 +208,8 @@ def sft_sizes(cfg):
     import data
     import model as M
     _, tok = M.load("tiny")
-    rows = data.classroom(500, 12345, "train", digits=cfg["digits"], p_error=cfg["p_error"])
+    rows = data.classroom(3000, 12345, "train", digits=cfg["digits"], max_digits=cfg["max_digits"],
+                          p_error=cfg["p_error"], distinct=False)
     tpe = {cot: tokens_per_example(rows, cot, tok) for cot in ("long", "short")}
     b, pts, ep = cfg["sft_batch"], cfg["budget_points"], cfg["sft_epochs"]
     n_long = cfg["sft_long_problems"]
@@ -214,7 +227,7 @@ def write_data(cfg, root):
     import dist
     paths = data_paths(root)
     os.makedirs(os.path.dirname(paths["test"]), exist_ok=True)
-    knobs = dict(digits=cfg["digits"], p_error=cfg["p_error"])
+    knobs = dict(digits=cfg["digits"], max_digits=cfg["max_digits"], p_error=cfg["p_error"])
     for path, rows in ((paths["test"], lambda: data.classroom(cfg["n_test"], cfg["test_seed"], "test", **knobs)),
                        (paths["prompts"], lambda: data.classroom(cfg["n_prompts"], 10_000, "train", **knobs))):
         if not os.path.exists(path):
@@ -233,11 +246,12 @@ def stages(cfg, root):
         for cot in ("long", "short"):
             name = f"sft-{cot}-s{seed}"
             out[name] = dict(kind="sft", cot=cot, seed=seed, after=[], argv=[
-                "--data", "classroom", "--cot", cot, "--digits", str(cfg["digits"]), "--n-train", str(sizes[cot]),
+                "--data", "classroom", "--cot", cot, "--digits", str(cfg["digits"]), "--max-digits",
+                str(cfg["max_digits"]), "--n-train", str(sizes[cot]),
                 "--epochs", str(cfg["sft_epochs"]), "--batch-size", str(batch[cot]), "--micro-batch-size",
                 str(batch[cot]), "--eval-data", paths["test"], "--n-eval", str(cfg["n_test"]),
                 "--eval-every", str(steps[cot] // cfg["budget_points"]), "--eval-max-new-tokens", T,
-                "--save-every", "100", "--seed", str(seed), "--out", os.path.join(root, name)])
+                "--save-every", "400", "--seed", str(seed), "--out", os.path.join(root, name)])
     for seed in cfg["seeds"]:
         for conf, (cot, rew, rep) in PPO_CONFIGS.items():
             sft_name = f"sft-{cot}-s{seed}"
@@ -269,7 +283,10 @@ def analyse(model_dir, cfg, root, seed):
     ids = [tok(r["response"], add_special_tokens=False)["input_ids"] for r in records]
     rep = [repeated_ngram(x, rep_n(cfg)) for x in ids]
     wrong = [r for r in records if not r["correct"]]
+    size = [len(rows[r["index"]]["problem"].split("+")[0]) for r in records]  # digits of the problem's operands
+    by_size = {d: [r["correct"] for r, k in zip(records, size) if k == d] for d in sorted(set(size))}
     return {"accuracy": metrics["accuracy"], "mean_length": metrics["mean_length"],
+            "accuracy_by_digits": {str(d): sum(v) / len(v) for d, v in by_size.items()},
             "truncation_rate": metrics["truncation_rate"], "repetition_rate": sum(rep) / n,
             "reflection_per_response": sum(r["response"].count(REFLECTION) for r in records) / n,
             "wrong_mean_length": sum(r["num_tokens"] for r in wrong) / max(len(wrong), 1), "n": len(records),
@@ -634,7 +651,7 @@ def parse_args(argv=None):
     ap.add_argument("--workers", type=int, default=2, help="runs at once, each single-threaded (0: in this process)")
     ap.add_argument("--readme", default=None, help="README whose table is replaced [README.md for the full run; "
                     "--quick writes only ROOT/results.md]")
-    ap.add_argument("--seeds", help="comma list replacing the preset's seeds (development: not 1, 2, 3)")
+    ap.add_argument("--seeds", help="comma list replacing the preset's seeds (development: not 11, 12, 13)")
     ap.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage (what the workers execute)
     return ap.parse_args(argv)
 

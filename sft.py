@@ -38,6 +38,7 @@ def parse_args(argv=None):
     a("--data", default="classroom", help="'classroom' or a JSONL with prompt/response per line")
     a("--cot", default="long", choices=["long", "short"], help="classroom traces: long or short CoT")
     a("--digits", type=int, default=3, help="classroom: digits per operand, train and held-out (3: minutes on a CPU)")
+    a("--max-digits", type=int, default=0, help="classroom: a mix of sizes, digits..max-digits per problem (0: none)")
     a("--n-train", type=int, default=2000, help="classroom training problems (x 8 epochs / 16 = 1000 steps)")
     a("--eval-data", default="classroom", help="'classroom', a benchmark name (data.py) or a JSONL of problems")
     a("--n-eval", type=int, default=200, help="held-out problems for the periodic evaluation")
@@ -101,6 +102,8 @@ def check_args(args):
     req(args.n_train >= 1, "--n-train", args.n_train, "an integer >= 1")
     req(args.n_eval >= 1, "--n-eval", args.n_eval, "an integer >= 1")
     req(1 <= args.digits <= 18, "--digits", args.digits, "an integer in 1..18")
+    req(args.max_digits == 0 or args.digits <= args.max_digits <= 18, "--max-digits", args.max_digits,
+        f"0 (no mix) or an integer in --digits ({args.digits})..18")
     req(args.kill_at_step >= 0, "--kill-at-step", args.kill_at_step, "an integer >= 0")
     if args.data == "classroom":
         req(args.n_train >= args.batch_size, "--n-train", args.n_train, f"at least one batch "
@@ -188,7 +191,10 @@ def lr_at(step, total, peak, warmup_steps, min_ratio):
 def load_train_rows(args, tok):
     import data
     if args.data == "classroom":
-        return data.sft_rows(data.classroom(args.n_train, seed=args.seed, split="train", digits=args.digits), cot=args.cot, tokenizer=tok)
+        mix = args.max_digits > args.digits  # a mix repeats small problems rather than run out of them
+        rows = data.classroom(args.n_train, seed=args.seed, split="train", digits=args.digits,
+                              max_digits=args.max_digits or None, distinct=not mix)
+        return data.sft_rows(rows, cot=args.cot, tokenizer=tok)
     rows = data.load_jsonl(args.data, required=("prompt", "response"))
     for r in rows:  # distilled rows keep the problem: re-format it with the student's own chat template
         if "problem" in r:
@@ -199,7 +205,8 @@ def load_train_rows(args, tok):
 def load_eval_rows(args):
     import data
     if args.eval_data == "classroom":
-        return data.classroom(args.n_eval, seed=args.seed + 1, split="test", digits=args.digits)
+        return data.classroom(args.n_eval, seed=args.seed + 1, split="test", digits=args.digits,
+                              max_digits=args.max_digits or None)
     if data.looks_like_path(args.eval_data):
         return data.load_jsonl(args.eval_data)[:args.n_eval]
     return data.load_benchmark(args.eval_data)[:args.n_eval]

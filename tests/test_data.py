@@ -396,9 +396,26 @@ def test_classroom_lengths_are_in_the_documented_range():
     rows = data.classroom(2000, seed=0)
     long = [len(r["long_cot"]) for r in rows]
     short = [len(r["short_cot"]) for r in rows]
-    assert 210 <= min(long) and max(long) <= 340 and 250 <= sum(long) / len(long) <= 290
+    assert 195 <= min(long) and max(long) <= 325 and 240 <= sum(long) / len(long) <= 265
     assert 20 <= min(short) and max(short) <= 30
     assert max(len(data.format_prompt(r["problem"])) for r in rows) == 30
+
+
+def test_classroom_mix_of_sizes():
+    """max_digits draws each problem's size uniformly (both operands alike); without it nothing changes, and a
+    training set larger than the small sizes' problem space repeats problems only when distinct=False."""
+    rows = data.classroom(3000, 5, "train", digits=2, max_digits=4, distinct=False)
+    sizes = [tuple(len(x) for x in r["problem"][:-2].split("+")) for r in rows]
+    assert all(a == b for a, b in sizes)
+    counts = {d: sum(a == d for a, _ in sizes) for d in (2, 3, 4)}
+    assert all(abs(c - 1000) < 4 * (3000 * 1 / 3 * 2 / 3) ** 0.5 for c in counts.values()), counts  # 4 binomial SDs
+    assert all(r["answer"] == str(eval(r["problem"][:-2])) for r in rows)
+    assert data.classroom(50, 5, "test", digits=3, max_digits=3) == data.classroom(50, 5, "test", digits=3)
+    with pytest.raises(ValueError, match="too small"):
+        data.classroom(300, 0, digits=1)  # only 100 one-digit sums exist (90 of them training)
+    assert len(data.classroom(300, 0, digits=1, distinct=False)) == 300
+    with pytest.raises(ValueError, match="max_digits"):
+        data.classroom(1, 0, digits=3, max_digits=2)
 
 
 def test_classroom_bad_knobs():

@@ -94,3 +94,12 @@ def test_accuracy_se_counts_questions_not_samples():
     assert E.accuracy_se(3.0, 3.0, 4) == pytest.approx(math.sqrt(0.75 * 0.25 / 4))
     # every question half right: no spread between questions -> 0
     assert E.accuracy_se(1.5, 0.75, 3) == 0.0 and E.accuracy_se(0, 0, 0) == 0.0
+
+
+def test_classroom_digits_flag_sets_the_problems(tmp_path):
+    """`--benchmarks classroom --digits 4` evaluates 4-digit problems (replicate.py's models), 3 by default."""
+    for digits in (3, 4):
+        rows = E.check_args(E.parse_args(["--benchmarks", "classroom", "--digits", str(digits), "--limit", "5",
+                                          "--out", str(tmp_path / "e")]))["classroom"]
+        assert len(rows) == 5
+        assert all(len(r["problem"].split("+")[0]) == digits for r in rows)

@@ -57,6 +57,7 @@ def test_pipeline_at_toy_size(tmp_path):
     saved = json.loads((root / "results.json").read_text())
     assert saved["findings"]["F1"]["steps"] == {"long": [1, 2, 3, 4], "short": [3, 6, 9, 12]}
     assert len(saved["findings"]["F1"]["long"]) == len(saved["findings"]["F1"]["short"]) == 4
+    assert set(saved["analysis"]["sft-long-s1"]["accuracy_by_digits"]) <= {"2", "3", "4"}  # the mix of sizes
     assert json.loads((root / "ppo-long-classic-s1" / "args.json").read_text())["reward"] == "classic"
     assert json.loads((root / "ppo-long-cosine-s1" / "args.json").read_text())["rep_penalty"] == 0
     # short CoT gets the same SFT tokens (within one budget point of batches), so more problems

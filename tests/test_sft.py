@@ -234,3 +234,13 @@ def test_digits_flag_sets_train_and_held_out_problem_size():
     assert "+" in train[0]["prompt"] and len(train[0]["prompt"].split("+")[0]) == 5
     default = sft.load_eval_rows(sft.parse_args(["--n-eval", "10"]))
     assert len(default[0]["problem"].split("+")[0]) == 3
+
+
+def test_classroom_mix_of_sizes_reaches_training_and_evaluation():
+    """--digits 2 --max-digits 4: training and held-out problems of 2, 3 and 4 digits (replicate.py's task)."""
+    args = sft.parse_args(["--digits", "2", "--max-digits", "4", "--n-train", "300", "--n-eval", "60"])
+    _, tok = M.load("tiny")
+    sizes = lambda problems: {len(p.split("+")[0]) for p in problems}  # noqa: E731
+    assert sizes(r["prompt"].split("=")[0] for r in sft.load_train_rows(args, tok)) == {2, 3, 4}
+    assert sizes(r["problem"] for r in sft.load_eval_rows(args)) == {2, 3, 4}
+    assert sizes(r["problem"] for r in sft.load_eval_rows(sft.parse_args(["--digits", "4"]))) == {4}
