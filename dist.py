@@ -238,10 +238,17 @@ def atomic_open(path, mode="w"):
     """`with atomic_open(path) as f: f.write(...)`: the writes go to PATH.tmp in the same folder, which is fsync'd
     and renamed over `path` when the block ends without an error (a reader, or the run after a crash, sees the
     old file or the new one, never a part). An error inside the block removes PATH.tmp and leaves `path` as it
-    was. For large outputs too (JSONL written row by row): nothing is held in memory. Text is UTF-8."""
+    was. For large outputs too (JSONL written row by row): nothing is held in memory. Text is UTF-8.
+    A symlink or something that is not a regular file (/dev/stdout, a pipe) is written straight through: a
+    rename would put a plain file in its place."""
     path = os.fspath(path)
+    enc = {} if "b" in mode else {"encoding": "utf-8"}
+    if os.path.islink(path) or (os.path.exists(path) and not os.path.isfile(path)):
+        with open(path, mode, **enc) as f:
+            yield f
+        return
     tmp = path + ".tmp"
-    f = open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    f = open(tmp, mode, **enc)
     try:
         yield f
         f.flush()

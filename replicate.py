@@ -19,8 +19,9 @@ seeds 1-3; its table is in the git history of README.md) ended SFT in the middle
 transition: the seeds split into "learnt" and "not learnt" (short CoT 0.94 / 0.01 / 0.935), some PPO start sat
 at the floor or the ceiling on every configuration, and one choice (batch 8) was made on reported seed 1.
 Version 2 (4-digit addition, fresh problems, long batch 4 / short batch 48 at equal tokens, chosen on dev seed
-100: long 0.72, short 0.59) was stopped after its SFT stages, before any PPO: on seeds 1 and 2 the short model
-stayed at the floor (0.01, 0.00) and the long model reached 0.63 and 0.05. Those seeds became development seeds.
+100: long 0.72, short 0.59) was stopped during its seed-3 SFT stages, before any PPO: on seeds 1 and 2 the short
+model stayed at the floor (0.01, 0.00) and the long model reached 0.63 and 0.05. Those seeds became development
+seeds.
 What version 3 changes, and what each change rests on:
 - Task: a mix of 2-, 3- and 4-digit additions (data.classroom digits=2, max_digits=4), as the issue suggests:
   length varies with difficulty, and the one-shot (short) model can get the small sums without the large ones,
@@ -68,8 +69,8 @@ PPO (findings 2-5): from each seed's final SFT model, ppo.py's classroom preset 
      long-cosine       long-CoT start, cosine reward, no repetition penalty
 Evaluation: held-out accuracy at temperature 0.7, top-p 0.95, T = 428, one sample per problem (sft.py's and
   ppo.py's own evaluations). After each stage its final model answers the held-out set once more
-  (analysis.json): accuracy (also per problem size), length, truncation, repetition (share of responses with a repeated 40-token n-gram:
-  the penalty's n), reflection ("Wait, recheck" lines per response).
+  (analysis.json): accuracy (also per problem size), length, truncation, repetition (share of responses with a
+  repeated 40-token n-gram: the penalty's n), reflection ("Wait, recheck" lines per response).
 
 Hypotheses and the criterion for "reproduces" (pre-registered). Over seeds: mean and standard error (SE, sample
 standard deviation / sqrt(seeds)); a comparison is a per-seed difference (paired by seed), and it holds when its
@@ -92,7 +93,9 @@ mean exceeds 2 SE of the differences. With one seed (--quick) only the sign is s
      clearly raised it).
 Whatever comes out is reported; the task is not tuned after the reported runs.
 
-Budget (2 CPU cores): two single-threaded runs at once (--workers 2). Measured minutes: README.
+Budget (2 CPU cores): two single-threaded runs at once (--workers 2). Measured on this 2-core CPU: the full run
+52 minutes (SFT stages 9.6-12.8 minutes each, long-start PPO stages 3.5-4.0, short-start 0.5), --quick 8.2 minutes.
+Version 3's outcome (README): finding 2 is confounded on every seed (short-CoT starts 0.01-0.025, under 0.05).
 """
 import argparse
 import json
@@ -486,7 +489,8 @@ def table(res):
     mins = f"{res['minutes']:.0f} minutes wall" if res.get("minutes") else "minutes: see results.json"
     cmd = {"full": "python replicate.py", "quick": "python replicate.py --quick"}.get(
         res["preset"], f"python replicate.py --preset {res['preset']}")
-    lines = [f"Made by `{cmd}` (tiny model, classroom addition, CPU; seeds {', '.join(map(str, res['seeds']))}; "
+    lines = [f"Made by `{cmd}` (tiny model, classroom addition of 2- to 4-digit numbers, CPU; seed{'s' * (n > 1)} "
+             f"{', '.join(map(str, res['seeds']))}; "
              f"{mins}). Mean ± standard error over {n} seed{'s' * (n > 1)}; criteria in replicate.py's docstring.", "",
              "| finding | measured | verdict |", "|---|---|---|"]
     k = lambda x: f"{x / 1e6:.2f}M"  # noqa: E731
@@ -494,9 +498,12 @@ def table(res):
     lines.append(f"| 1. SFT scaling: held-out accuracy at {', '.join(k(t) for t in f1['tokens'])} SFT tokens | "
                  f"long CoT {acc('long')}; short CoT {acc('short')}; long - short at the largest budget "
                  f"{fmt(*f1['long_minus_short'])} | {f1['verdict']} |")
+    gain = {c: f" (gain {fmt(*f2[f'gain_{c}'])})" if f2["fair_seeds"] else "" for c in ("long", "short")}
+    starts = {c: " / ".join(f"{f2['per_seed'][f'{c}-s{s}'][0]:.3f}" for s in res["seeds"]) for c in ("long", "short")}
     lines.append(f"| 2. RL after SFT (cosine + repetition penalty) | long start {fmt(*f2['start']['long'])} -> "
-                 f"{fmt(*f2['end']['long'])} (gain {fmt(*f2['gain_long'])}); short start {fmt(*f2['start']['short'])} -> "
-                 f"{fmt(*f2['end']['short'])} (gain {fmt(*f2['gain_short'])}) | {f2['verdict']} |")
+                 f"{fmt(*f2['end']['long'])}{gain['long']}; short start {fmt(*f2['start']['short'])} -> "
+                 f"{fmt(*f2['end']['short'])}{gain['short']}; starts per seed: long {starts['long']}, short "
+                 f"{starts['short']} | {f2['verdict']} |")
     lc, ft = f3["length_change"], f3["final_truncation"]
     lines.append(f"| 3. Length stability (long start): classic 0/1 vs the recipe (cosine + repetition penalty) | "
                  f"length change (tokens): classic {fmt(*lc['long-classic'], 1)}, recipe {fmt(*lc['long-cosine-rep'], 1)} "

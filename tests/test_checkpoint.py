@@ -189,3 +189,25 @@ def test_read_curves_ignores_a_torn_last_line(tmp_path, capsys):
     train, held = E.read_curves(str(tmp_path))
     assert train == [(1, 0.5, 10)] and held == [(1, 0.4, 9)]
     assert "torn last line" in capsys.readouterr().err
+
+
+def test_atomic_open_replaces_a_file_whole_and_writes_through_links_and_devices(tmp_path):
+    """A regular file is replaced all at once (an error inside the block leaves the old text); a symlink (what
+    /dev/stdout is) or a device keeps what it is: the text goes through it, no plain file takes its place."""
+    path = tmp_path / "out.jsonl"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError):
+        with dist.atomic_open(path) as f:
+            f.write("half")
+            raise RuntimeError
+    assert path.read_text() == "old\n" and not (tmp_path / "out.jsonl.tmp").exists()
+    dist.write_atomic(path, "new\n")
+    assert path.read_text() == "new\n"
+    link = tmp_path / "stdout"
+    link.symlink_to(path)  # like /dev/stdout -> /proc/self/fd/1
+    dist.write_atomic(link, "through\n")
+    assert link.is_symlink() and path.read_text() == "through\n"
+    null = tmp_path / "null"
+    null.symlink_to(os.devnull)
+    dist.write_atomic(null, "gone\n")
+    assert null.is_symlink() and not os.path.isfile(os.devnull)
