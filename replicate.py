@@ -2,7 +2,8 @@
 
     python replicate.py                 # everything, 3 seeds (<= 60 minutes on 2 CPU cores): plots, results.json,
                                         # and the README table between its markers
-    python replicate.py --quick         # one seed, shorter runs (<= 10 minutes): the direction of each finding
+    python replicate.py --quick         # one seed, shorter runs (<= 10 minutes): meant to show the direction of
+                                        # each finding (version 3: finding 1's only, its SFT is too short)
     python replicate.py --workers 1     # one run at a time (default: one single-threaded run per core, 2 at once)
 
 Runs go to runs/replicate/ (--quick: runs/replicate-quick/), one folder per stage (sft-long-s1, ppo-long-cosine-rep-s1,
