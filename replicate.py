@@ -228,16 +228,12 @@ def sft_sizes(cfg):
 def write_data(cfg, root):
     """The held-out set and the PPO prompts as JSONL (a pure function of the settings; written once)."""
     import data
-    import dist
     paths = data_paths(root)
-    os.makedirs(os.path.dirname(paths["test"]), exist_ok=True)
     knobs = dict(digits=cfg["digits"], max_digits=cfg["max_digits"], p_error=cfg["p_error"])
     for path, rows in ((paths["test"], lambda: data.classroom(cfg["n_test"], cfg["test_seed"], "test", **knobs)),
                        (paths["prompts"], lambda: data.classroom(cfg["n_prompts"], 10_000, "train", **knobs))):
         if not os.path.exists(path):
-            with dist.atomic_open(path) as f:
-                for r in rows():
-                    f.write(json.dumps(r) + "\n")
+            data.write_jsonl(path, rows())  # atomic, makes the folder
 
 
 def stages(cfg, root):
@@ -325,8 +321,9 @@ def run_stage(cfg, root, name):
 
 def run_all(cfg, root, workers):
     """Every stage not yet finished, `workers` at a time (subprocesses, one thread each); 0: here, one by one."""
-    todo = {n: s for n, s in stages(cfg, root).items() if not os.path.exists(os.path.join(root, n, "analysis.json"))}
-    done = set(stages(cfg, root)) - set(todo)
+    every = stages(cfg, root)
+    todo = {n: s for n, s in every.items() if not os.path.exists(os.path.join(root, n, "analysis.json"))}
+    done = set(every) - set(todo)
     if workers == 0:
         import torch
         threads = torch.get_num_threads()
@@ -422,7 +419,8 @@ def collect(cfg, root, minutes=None):
     g = {c: [acc1[c, s] - acc0[c, s] for s in fair] for c in ("long", "short")}
     crit = [holds(g["long"]), holds([a - b for a, b in zip(g["long"], g["short"])])]
     if len(fair) < min(2, len(seeds)):
-        v = f"confounded (a start outside [{START_RANGE[0]}, {START_RANGE[1]}] on {len(seeds) - len(fair)} of {len(seeds)} seeds)"
+        v = (f"confounded (a start outside [{START_RANGE[0]}, {START_RANGE[1]}] on {len(seeds) - len(fair)} of "
+             f"{len(seeds)} seeds)")
     else:
         v = verdict(crit) + (f" (on seeds {', '.join(map(str, fair))} of {len(seeds)}: the others had a start outside "
                              f"[{START_RANGE[0]}, {START_RANGE[1]}])" if len(fair) < len(seeds) else "")
