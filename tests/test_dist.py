@@ -16,7 +16,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def run(cmd, cwd):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # FSDP2's view-tensor warning fills the tail; keep the other lines, to see where a rank aborted (a rare
+    # "terminate called without an active exception", not yet located: see the closing note of 2026-11-30)
+    err = "\n".join(line for line in r.stderr.splitlines() if "view tensor" not in line and
+                     "_register_pre_backward_hook" not in line)
+    assert r.returncode == 0, r.stdout[-3000:] + err[-6000:]
 
 
 def test_helpers_are_noops_without_torchrun():
