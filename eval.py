@@ -241,5 +241,4 @@ if __name__ == "__main__":
         main()
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    finally:
-        dist.cleanup()
+    dist.cleanup()  # under torchrun: the ranks meet, the group goes, the process ends here

@@ -499,7 +499,6 @@ def main(argv=None):
                                     "num_tokens": len(s.token_ids), "finish_reason": s.finish_reason,
                                     "mean_logprob": sum(s.logprobs) / max(len(s.logprobs), 1)}) + "\n")
     dist.print0(f"wrote {sum(map(len, outs))} samples to {path if world == 1 else args.out + '.rank*'}")
-    dist.cleanup()
 
 
 if __name__ == "__main__":
@@ -507,3 +506,4 @@ if __name__ == "__main__":
         main()
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    dist.cleanup()  # under torchrun: the ranks meet, the group goes, the process ends here

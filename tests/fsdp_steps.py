@@ -50,4 +50,7 @@ if rank == 0:
     with open(os.path.join(out_dir, "losses.json"), "w") as f:
         json.dump(losses, f)
 dist.barrier()
+print(f"fsdp_steps: rank {rank} done", end="")  # unflushed: dist.cleanup must flush it before it ends the process
 dist.cleanup()
+if world > 1:
+    sys.exit(3)  # not reached: under torchrun dist.cleanup ends the process with status 0
