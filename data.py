@@ -458,7 +458,12 @@ def format_prompt(problem: str, tokenizer=None, options: Sequence[str] | None = 
 #     So the answer is 858.
 #     \boxed{858}
 #
-# Short CoT (24-26 characters): "482+376=858. \boxed{858}". With all three ops the long CoT is 201-319
+# Short CoT (3-digit addition: 46-51 characters): a plain solution, the column results and the answer, with no
+# layout and no rechecks, "2+6+0=8, 8+7+0=15, 4+3+1=8, so 858.\n\boxed{858}". As in the paper, where the short
+# CoT is an ordinary step-by-step solution (Qwen2.5-Math-72B-Instruct's) and the long CoT a longer one with
+# reflection; here the short one leaves the look-ups at distances that vary (each digit sits after results of
+# varying width). Until 2026-11-30 it was the bare answer ("482+376=858. \boxed{858}"), which the tiny model
+# could not learn for mixed sizes (replicate.py, version 3). With all three ops the long CoT is 201-319
 # characters. Subtraction borrows ("12-6-0=6, write 6, borrow 1, so far ...") and multiplication by a single
 # digit carries ("7*8+3=59, write 9, carry 5, ...").
 
@@ -548,9 +553,13 @@ def long_cot(a: int, b: int, op: str, rng: random.Random, p_error: float) -> str
 
 
 def short_cot(a: int, b: int, op: str) -> str:
-    """The answer at once: '482+376=858. \\boxed{858}'."""
+    """A plain solution: each column's result right to left, then the answer, with no layout, no digits so far
+    and no rechecks: '2+6+0=8, 8+7+0=15, 4+3+1=8, so 858.\n\\boxed{858}'. Where a digit sits now depends on
+    the widths of the results before it, so the look-ups that the long CoT keeps at a fixed distance vary here."""
+    steps, _ = _column_steps(a, b, op)
     result = {"add": a + b, "sub": a - b, "mul": a * b}[op]
-    return f"{a}{OPS[op]}{b}={result}. \\boxed{{{result}}}"
+    work = ", ".join(f"{lhs.strip()}={value}" for lhs, value in steps)
+    return f"{work}, so {result}.\n\\boxed{{{result}}}"
 
 
 def is_test_problem(problem: str, test_frac: float = 0.1) -> bool:

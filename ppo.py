@@ -112,7 +112,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="PPO with GAE for long-CoT RL")
     a = ap.add_argument
     a("--model", default="tiny", help="policy start: alias, HF dir, hub id; 'tiny' = classroom SFT result")
-    a("--sft-out", default="runs/sft", help="tiny only: SFT run reused (or made) as the start point")
+    a("--sft-out", default="runs/sft", help="tiny only: SFT run reused (or made) as the start point, or one of "
+      "its checkpoint-N folders")
     a("--out", default="runs/ppo", help="run directory: args, metrics, checkpoint (resumed if present)")
     a("--prompts", help="'classroom', a benchmark name (data.py) or a JSONL of problems [math_train]")
     a("--eval-data", help="held-out set, as --prompts [math500]")
@@ -455,9 +456,12 @@ def check_args(args):
 
 
 def ensure_start(args):
-    """The tiny policy starts from the classroom SFT result: reuse args.sft_out, or run sft.py to make it."""
+    """The tiny policy starts from the classroom SFT result: reuse args.sft_out (a run: its final weights; or a
+    checkpoint-N folder of one: those weights), or run sft.py to make it."""
     if args.model != "tiny":
         return args.model
+    if os.path.exists(os.path.join(args.sft_out, "config.json")):  # a checkpoint folder itself
+        return args.sft_out
     done = os.path.join(args.sft_out, "done.json")
     if not os.path.exists(done):
         import sft

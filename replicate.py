@@ -3,7 +3,7 @@
     python replicate.py                 # everything, 3 seeds (<= 60 minutes on 2 CPU cores): plots, results.json,
                                         # and the README table between its markers
     python replicate.py --quick         # one seed, shorter runs (<= 10 minutes): meant to show the direction of
-                                        # each finding (version 3: finding 1's only, its SFT is too short)
+                                        # each finding (version 3: finding 1's only, its SFT was too short)
     python replicate.py --workers 1     # one run at a time (default: one single-threaded run per core, 2 at once)
 
 Runs go to runs/replicate/ (--quick: runs/replicate-quick/), one folder per stage (sft-long-s1, ppo-long-cosine-rep-s1,
@@ -12,7 +12,7 @@ checkpoint (sft.py and ppo.py resume on the same --out), so running the command 
 Each stage is `python sft.py ...` or `python ppo.py ...` with the flags below, then one evaluation of its final
 model (analysis.json). The table and plots are made from those files only.
 
-Design (third version, written 2026-11-30 10:00 before its reported runs on seeds 11-13; developed on seeds
+Design (fourth version, written 2026-11-30 12:25 before its reported runs on seeds 21-23; developed on seeds
 100, 1 and 2, which are not reported)
 -----------------------------------------------------------------------------------------------------------------
 History. Version 1 (3-digit addition, 4 epochs over 2,240 problems, batch 8, 1,120 steps for both CoT types,
@@ -22,26 +22,48 @@ at the floor or the ceiling on every configuration, and one choice (batch 8) was
 Version 2 (4-digit addition, fresh problems, long batch 4 / short batch 48 at equal tokens, chosen on dev seed
 100: long 0.72, short 0.59) was stopped during its seed-3 SFT stages, before any PPO: on seeds 1 and 2 the short
 model stayed at the floor (0.01, 0.00) and the long model reached 0.63 and 0.05. Those seeds became development
-seeds.
-What version 3 changes, and what each change rests on:
+seeds. Version 3 (the design below with the bare answer as the short CoT, short batch 48; seeds 11-13, its table
+in README.md's git history) ran in full (52 minutes): finding 1 reproduced (long 0.73 +- 0.19, short 0.04 +-
+0.00 at 5.1M tokens), finding 2 was confounded on every seed (short-CoT starts 0.01-0.025: the model wrote a
+2-digit sum's tens right and its units wrong), finding 3 did not reproduce, 4 partly, 5 consistent.
+What version 4 changes, and what each change rests on:
+- The short CoT is a plain solution, the column results right to left and then the answer ("2+6+0=8, 8+7+0=15,
+  4+3+1=8, so 858." and the boxed answer; data.short_cot), no longer the bare answer ("482+376=858."). The
+  paper's short CoT is an ordinary step-by-step solution (Qwen2.5-Math-72B-Instruct's), not an answer without
+  work; what it lacks next to the long CoT is length, layout and reflection. Version 3's short model was a
+  straw man: it could not compute the sum in one go, so finding 1 compared working with not working and finding
+  2 had no short start to test. The bare answer stayed at the floor in two more tries on dev seed 2 (weight decay
+  0.5: 0.02 after half its steps; batch 16: 0.005 after a quarter). The plain solution on dev seeds 2 and 1
+  (batch 14, this design): 0.17, 0.93, 0.985, 0.99 and 0.25, 0.775, 0.93, 0.995 held-out after 1/4, 2/4, 3/4
+  and all of its tokens (version 3's long model on its seeds 11-13: 0.36, 0.91, 0.92 at the end). So finding
+  1 may now go the other way; that is the test the paper's comparison asks for.
+- The short run's batch is 14, the long run's tokens per step (4 x 285 = 1,140 vs 14 x 80 = 1,116), so the two
+  runs see the same tokens in about the same optimizer steps (4,480 and 4,580). Version 3's short batch (48)
+  was chosen for the bare answer.
+- PPO starts from each SFT run's last budget point whose held-out accuracy (sft.py's evaluation there) lies in
+  START_RANGE, [0.05, 0.95]: the final model when it does, and also when no point does (that seed is then
+  confounded for finding 2, as before). sft.py keeps a checkpoint at every budget point. The plain-solution
+  short model passed 0.95 before the end of its tokens on a dev seed (seed 2: 0.17, 0.93, 0.985 at 1/4, 2/4,
+  3/4), so its final model would sit at the ceiling; finding 2 needs a start with room above it. All four PPO
+  configurations of a CoT type and seed share the start, so findings 3-5 (long start) use it too, and their
+  "before" numbers (repetition, reflection) are that start's. The rule reads only SFT evaluations, never a
+  PPO result. Departure: the paper starts RL from its final SFT models.
+- Reported seeds 21, 22, 23: seeds no version has run before. Checked on two development seeds, not three (the
+  third did not fit before this run).
+Kept from version 3, and what each rests on:
 - Task: a mix of 2-, 3- and 4-digit additions (data.classroom digits=2, max_digits=4), as the issue suggests:
-  length varies with difficulty, and the one-shot (short) model can get the small sums without the large ones,
-  so that neither start needs to sit at the floor. On dev seed 2 the mix gave the long model 0.29 where 4-digit
-  problems gave 0.05 (same steps).
+  length varies with difficulty. On dev seed 2 the mix gave the long model 0.29 where 4-digit problems gave
+  0.05 (same steps).
 - The long trace ends "So the answer is N." (the digits so far, one line up) instead of restating "A+B=N" and a
   "Verify: N-B=A" line: on dev seed 2 a model that wrote every column right still failed the restatement (it
   copies the operands from the prompt, at a distance that varies by trace), 0.025 held-out with a training
-  loss of 0.02. This is data.classroom's format for every user now; long traces: 2-digit ~180, 4-digit <= 389
-  characters.
-- Twice the SFT tokens of version 2 (~5.1M per run): on every dev seed the long model's held-out accuracy was
-  still rising steeply at the end of 2,240 steps (seed 100: 0.41 -> 0.72 over the last quarter; seed 2: 0.01
-  -> 0.18), and the short model at 948 steps (mix, seed 2) had not learnt even the 2-digit sums (0.00). The
-  PPO stages are unchanged and the 60 minutes hold only this much.
-- Each CoT type at its own batch size (long 4, short 48), at equal tokens: on dev seed 100 (4-digit, 3.3M
-  tokens) long batch 8 -> 0.19 and batch 4 -> 0.72 (twice the steps); short batch 24 -> 0.00 and batch 48 ->
-  0.59 (more problems per step). On dev seed 2, long batch 2 (4x the steps of batch 8) -> 0.10 vs batch 4 0.05.
-  The paper compares CoT types at equal tokens (its Fig. 1 is accuracy against SFT tokens), each with its
-  own recipe; version 1 forced equal steps.
+  loss of 0.02. Long traces: 2-digit ~180, 4-digit <= 389 characters.
+- ~5.1M SFT tokens per run: on every dev seed of version 2 the long model's held-out accuracy was still rising
+  steeply at the end of 2.6M (seed 100: 0.41 -> 0.72 over the last quarter; seed 2: 0.01 -> 0.18). The PPO
+  stages are unchanged and the 60 minutes hold only this much.
+- The long run at batch 4: on dev seed 100 (4-digit, 3.3M tokens) batch 8 -> 0.19 and batch 4 -> 0.72 (twice the
+  steps); on dev seed 2, batch 2 -> 0.10 vs batch 4 0.05. The paper compares CoT types at equal tokens (its
+  Fig. 1 is accuracy against SFT tokens).
 - Generation limit T = 428 tokens: 10% headroom over the longest correct trace (389 of 20,000 4-digit traces).
 - Finding 2's precondition is checked per seed (version 1 checked the mean start).
 - Finding 3 compares the classic reward with the recipe (cosine + repetition penalty), not with the cosine
@@ -49,18 +71,17 @@ What version 3 changes, and what each change rests on:
   cosine reward with the repetition penalty on. The cosine-alone run is finding 4's; its length change is
   reported next to finding 3 without a verdict. (Changed after version 1's run, in which the cosine reward
   alone grew length; the reason is the authors' script.)
-- Reported seeds 11, 12, 13: seeds no version has run before.
 Model: the built-in `tiny` (0.9M parameters, character tokenizer).
-Seeds: 11, 12, 13 (full run); 11 (--quick: 3/8 of the SFT tokens, 4 PPO iterations, 100 held-out problems, so
+Seeds: 21, 22, 23 (full run); 21 (--quick: 3/8 of the SFT tokens, 4 PPO iterations, 100 held-out problems, so
   not the full run's numbers). A seed changes the SFT data sample and order, the model init and every sampling
   seed. The held-out set is the same 200 test-split problems (a third of each size, hash-disjoint from
   training) for all runs.
 SFT (finding 1): for each CoT type and seed ONE run over one pass of its problems (long 17,920 at batch 4 = 4,480
-  steps; short ~91,000 at batch 48 = ~1,900 steps; both ~5.1M tokens; the 2-digit problems repeat, there are
+  steps; short 64,120 at batch 14 = 4,580 steps; both ~5.1M tokens; the 2-digit problems repeat, there are
   only ~7,300 of them), sft.py's lr schedule (3e-3, 5% warmup, cosine to 0.1x), held-out accuracy after 1/4,
   1/2, 3/4 and all of its tokens (budgets spanning 4x). Departure: the paper trains one model per budget; here
   the smaller budgets are checkpoints of one run (lr not yet decayed there, the same for both CoT types).
-PPO (findings 2-5): from each seed's final SFT model, ppo.py's classroom preset (cosine reward 2/1/-10/0, exceed
+PPO (findings 2-5): from each seed's chosen SFT checkpoint (above: choose_start), ppo.py's classroom preset (cosine reward 2/1/-10/0, exceed
   -10, KL 0.01, 4 samples per prompt, 2 epochs, seq-mean-token-mean) with 16 prompts per iteration (64 samples,
   minibatch 32: 4 optimizer steps per iteration; the preset has 32 prompts), --max-new-tokens 428,
   10 iterations (held-out evaluation at 0 and 10). Four configurations x 3 seeds:
@@ -69,8 +90,8 @@ PPO (findings 2-5): from each seed's final SFT model, ppo.py's classroom preset 
      long-classic      long-CoT start, classic 0/1 reward, no repetition penalty
      long-cosine       long-CoT start, cosine reward, no repetition penalty
 Evaluation: held-out accuracy at temperature 0.7, top-p 0.95, T = 428, one sample per problem (sft.py's and
-  ppo.py's own evaluations). After each stage its final model answers the held-out set once more
-  (analysis.json): accuracy (also per problem size), length, truncation, repetition (share of responses with a
+  ppo.py's own evaluations). After each stage its final model (an SFT stage: also PPO's start, when that is
+  an earlier checkpoint) answers the held-out set once more (analysis.json): accuracy (also per problem size), length, truncation, repetition (share of responses with a
   repeated 40-token n-gram: the penalty's n), reflection ("Wait, recheck" lines per response).
 
 Hypotheses and the criterion for "reproduces" (pre-registered). Over seeds: mean and standard error (SE, sample
@@ -94,9 +115,9 @@ mean exceeds 2 SE of the differences. With one seed (--quick) only the sign is s
      clearly raised it).
 Whatever comes out is reported; the task is not tuned after the reported runs.
 
-Budget (2 CPU cores): two single-threaded runs at once (--workers 2). Measured on this 2-core CPU: the full run
-52 minutes (SFT stages 9.6-12.8 minutes each, long-start PPO stages 3.5-4.0, short-start 0.5), --quick 8.2 minutes.
-Version 3's outcome (README): finding 2 is confounded on every seed (short-CoT starts 0.01-0.025, under 0.05).
+Budget (2 CPU cores): two single-threaded runs at once (--workers 2). Measured on this 2-core CPU for version 3:
+the full run 52 minutes (SFT stages 9.6-12.8 minutes each, long-start PPO stages 3.5-4.0, short-start 0.5),
+--quick 8.2 minutes; version 4's short SFT run takes ~13 minutes (more, smaller steps).
 """
 import argparse
 import json
@@ -114,17 +135,17 @@ START_RANGE = (0.05, 0.95)  # F2's precondition, per seed: a PPO start's held-ou
 # Settings. FULL is the reported run; QUICK one seed, shorter; TOY the smoke test's (seconds).
 # ----------------------------------------------------------------------------------------------------
 FULL = dict(
-    name="full", seeds=(11, 12, 13), root="runs/replicate",
+    name="full", seeds=(21, 22, 23), root="runs/replicate",
     digits=2, max_digits=4, p_error=0.3,  # the task: data.classroom addition of 2- to 4-digit numbers, sizes mixed
     n_test=200, test_seed=0,  # held-out problems (test split), the same for every run
     max_new_tokens=428,  # T: generation limit at evaluation and in PPO (the cosine reward's T): 1.1 x 389
     sft_long_problems=17920, sft_epochs=1,  # long CoT: 17920 problems / batch 4 = 4480 optimizer steps
-    sft_batch={"long": 4, "short": 48},  # each CoT type's better batch of two tried on dev seed 100 (docstring)
+    sft_batch={"long": 4, "short": 14},  # long: the better of two on dev seed 100; short: the same tokens per step
     budget_points=4,  # held-out accuracy after 1/4, 2/4, 3/4, 4/4 of the SFT tokens (one run)
     ppo_iterations=10, ppo_eval_every=10, n_prompts=4000,
     ppo_args=["--rep-n", "40", "--rollout-batch", "16", "--train-batch", "32"],
 )
-QUICK = dict(FULL, name="quick", seeds=(11,), root="runs/replicate-quick", n_test=100, sft_long_problems=6720,
+QUICK = dict(FULL, name="quick", seeds=(21,), root="runs/replicate-quick", n_test=100, sft_long_problems=6720,
              ppo_iterations=4, ppo_eval_every=4)
 TOY = dict(FULL, name="toy", seeds=(1,), root="runs/replicate-toy", n_test=4, max_new_tokens=24,
            sft_long_problems=16, sft_batch={"long": 4, "short": 8}, n_prompts=8, ppo_iterations=2, ppo_eval_every=1,
@@ -251,7 +272,8 @@ def stages(cfg, root):
                 "--epochs", str(cfg["sft_epochs"]), "--batch-size", str(batch[cot]), "--micro-batch-size",
                 str(batch[cot]), "--eval-data", paths["test"], "--n-eval", str(cfg["n_test"]),
                 "--eval-every", str(steps[cot] // cfg["budget_points"]), "--eval-max-new-tokens", T,
-                "--save-every", "400", "--seed", str(seed), "--out", os.path.join(root, name)])
+                "--save-every", str(steps[cot] // cfg["budget_points"]), "--keep-checkpoints",
+                str(cfg["budget_points"]), "--seed", str(seed), "--out", os.path.join(root, name)])
     for seed in cfg["seeds"]:
         for conf, (cot, rew, rep) in PPO_CONFIGS.items():
             sft_name = f"sft-{cot}-s{seed}"
@@ -262,6 +284,25 @@ def stages(cfg, root):
             argv += cfg["ppo_args"] + ([] if rep else ["--rep-penalty", "0"])
             out[f"ppo-{conf}-s{seed}"] = dict(kind="ppo", config=conf, cot=cot, seed=seed, after=[sft_name], argv=argv)
     return out
+
+
+def choose_start(points, lo=START_RANGE[0], hi=START_RANGE[1]):
+    """PPO's start among an SFT run's budget points [(step, held-out accuracy), ...] (in step order): the last one
+    whose accuracy lies in [lo, hi]; the last one (the final model) when none does."""
+    inside = [step for step, acc in points if lo <= acc <= hi]
+    return inside[-1] if inside else points[-1][0]
+
+
+def start_checkpoint(cfg, root, cot, seed):
+    """(step, folder) of the SFT checkpoint that the PPO runs of this CoT type and seed start from (choose_start
+    over the run's held-out evaluations at its budget points, where sft.py also saved a checkpoint)."""
+    run = os.path.join(root, f"sft-{cot}-s{seed}")
+    _, held = read_metrics(run)
+    step = choose_start([(r["step"], r["eval/accuracy"]) for r in held][-cfg["budget_points"]:])
+    path = os.path.join(run, f"checkpoint-{step}")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path}: the PPO start is missing (sft.py keeps a checkpoint at each budget point)")
+    return step, path
 
 
 def rep_n(cfg):
@@ -301,19 +342,28 @@ def run_stage(cfg, root, name):
     print(f"[replicate] stage {name} (process {os.getpid()})", flush=True)
     t0 = time.time()
     trained = os.path.exists(os.path.join(out, "done.json"))
+    argv = list(spec["argv"])
+    if spec["kind"] == "ppo":  # the start: the SFT run's chosen checkpoint (choose_start), decided once SFT is done
+        argv[argv.index("--sft-out") + 1] = start_checkpoint(cfg, root, spec["cot"], spec["seed"])[1]
     if not trained:
         if spec["kind"] == "sft":
             import sft
-            sft.main(spec["argv"])
+            sft.main(argv)
         else:
             import ppo
-            ppo.main(spec["argv"])
+            ppo.main(argv)
     t1 = time.time()
     ckpt = dist.latest_checkpoint(out)
     model_dir = ckpt if spec["kind"] == "sft" else os.path.join(ckpt, "policy")
     result = {"stage": name, **{k: spec[k] for k in ("kind", "cot", "seed") if k in spec},
               "analysis": analyse(model_dir, cfg, root, spec["seed"]),
-              "train_minutes": None if trained else (t1 - t0) / 60, "minutes": (time.time() - t0) / 60}
+              "train_minutes": None if trained else (t1 - t0) / 60}
+    if spec["kind"] == "sft":  # the PPO start: the final model, or an earlier budget point's (choose_start)
+        step, path = start_checkpoint(cfg, root, spec["cot"], spec["seed"])
+        result["start_step"] = step
+        same = os.path.realpath(path) == os.path.realpath(ckpt)
+        result["start_analysis"] = result["analysis"] if same else analyse(path, cfg, root, spec["seed"])
+    result["minutes"] = (time.time() - t0) / 60
     with dist.atomic_open(os.path.join(out, "analysis.json")) as f:
         json.dump(result, f, indent=1)
     return result
@@ -393,6 +443,7 @@ def collect(cfg, root, minutes=None):
             _, held = read_metrics(os.path.join(root, f"sft-{cot}-s{s}"))
             acc[cot, s] = [r["eval/accuracy"] for r in held][-pts:]
     f1 = {"steps": {cot: [steps[cot] * (i + 1) // pts for i in range(pts)] for cot in steps}, "problems": sizes,
+          "budget_points": pts,
           "batch": batch, "tokens_per_example": tpe, "epochs": cfg["sft_epochs"],
           "tokens": [sizes["long"] * cfg["sft_epochs"] * tpe["long"] * (i + 1) / pts for i in range(pts)],
           "tokens_short": [sizes["short"] * cfg["sft_epochs"] * tpe["short"] * (i + 1) / pts for i in range(pts)]}
@@ -428,7 +479,8 @@ def collect(cfg, root, minutes=None):
         "start": {c: mean_se([acc0[c, s] for s in seeds]) for c in ("long", "short")},
         "end": {c: mean_se([acc1[c, s] for s in seeds]) for c in ("long", "short")},
         "per_seed": {f"{c}-s{s}": [acc0[c, s], acc1[c, s]] for c in ("long", "short") for s in seeds},
-        "fair_seeds": fair, "gain_long": mean_se(g["long"]), "gain_short": mean_se(g["short"]),
+        "start_step": {f"{c}-s{s}": ana[f"sft-{c}-s{s}"]["start_step"] for c in ("long", "short") for s in seeds},
+        "sft_steps": steps, "fair_seeds": fair, "gain_long": mean_se(g["long"]), "gain_short": mean_se(g["short"]),
         "gain_long_minus_short": mean_se([a - b for a, b in zip(g["long"], g["short"])]),
         "criteria": crit, "verdict": v}
 
@@ -451,21 +503,22 @@ def collect(cfg, root, minutes=None):
 
     # ---- F4: repetition with and without the penalty ----
     rep = {c: [ppo[c, s]["analysis"]["repetition_rate"] for s in seeds] for c in ("long-cosine", "long-cosine-rep")}
-    rep_sft = [ana[f"sft-long-s{s}"]["analysis"]["repetition_rate"] for s in seeds]
+    start = {s: ana[f"sft-long-s{s}"]["start_analysis"] for s in seeds}  # the PPO start (choose_start)
+    rep_sft = [start[s]["repetition_rate"] for s in seeds]
     wl = {c: mean_se([ppo[c, s]["analysis"]["wrong_mean_length"] for s in seeds]) for c in rep}
     crit = [holds([a - b for a, b in zip(rep["long-cosine"], rep["long-cosine-rep"])]),
             holds([a - b for a, b in zip(rep["long-cosine"], rep_sft)])]
     res["findings"]["F4"] = {"repetition_rate": {"sft": mean_se(rep_sft), **{c: mean_se(v) for c, v in rep.items()}},
-                             "wrong_mean_length": {"sft": mean_se([ana[f"sft-long-s{s}"]["analysis"]["wrong_mean_length"]
-                                                                   for s in seeds]), **wl},
+                             "wrong_mean_length": {"sft": mean_se([start[s]["wrong_mean_length"] for s in seeds]),
+                                                   **wl},
                              "criteria": crit, "verdict": verdict(crit)}
 
     # ---- F5: reflection before and after RL ----
-    before = [ana[f"sft-long-s{s}"]["analysis"]["reflection_per_response"] for s in seeds]
+    before = [start[s]["reflection_per_response"] for s in seeds]
     after = {c: [ppo[c, s]["analysis"]["reflection_per_response"] for s in seeds] for c in PPO_CONFIGS}
     raised = holds([a - b for a, b in zip(after["long-cosine-rep"], before)])
     res["findings"]["F5"] = {"before": mean_se(before), "before_short": mean_se(
-        [ana[f"sft-short-s{s}"]["analysis"]["reflection_per_response"] for s in seeds]),
+        [ana[f"sft-short-s{s}"]["start_analysis"]["reflection_per_response"] for s in seeds]),
         "after": {c: mean_se(v) for c, v in after.items()},
         "change": mean_se([a - b for a, b in zip(after["long-cosine-rep"], before)]),
         "criteria": [raised], "verdict": "direction only (1 seed)" if raised is None else
@@ -475,6 +528,7 @@ def collect(cfg, root, minutes=None):
                                        "held": [(r["iteration"], r["eval/accuracy"], r["eval/mean_length"]) for r in v["held"]]}
                          for (c, s), v in ppo.items()}
     res["analysis"] = {n: a["analysis"] for n, a in ana.items()}
+    res["start_analysis"] = {n: a["start_analysis"] for n, a in ana.items() if "start_analysis" in a}  # SFT: PPO's start
     return res
 
 
@@ -498,7 +552,11 @@ def table(res):
                  f"long CoT {acc('long')}; short CoT {acc('short')}; long - short at the largest budget "
                  f"{fmt(*f1['long_minus_short'])} | {f1['verdict']} |")
     gain = {c: f" (gain {fmt(*f2[f'gain_{c}'])})" if f2["fair_seeds"] else "" for c in ("long", "short")}
-    starts = {c: " / ".join(f"{f2['per_seed'][f'{c}-s{s}'][0]:.3f}" for s in res["seeds"]) for c in ("long", "short")}
+    def at(c, s):  # the start's budget point, when it is not the final model
+        k, n, pts = f2["start_step"][f"{c}-s{s}"], f2["sft_steps"][c], f1["budget_points"]
+        return "" if k == n else f" (at {round(pts * k / n)}/{pts} of its SFT)"
+    starts = {c: " / ".join(f"{f2['per_seed'][f'{c}-s{s}'][0]:.3f}{at(c, s)}" for s in res["seeds"])
+              for c in ("long", "short")}
     lines.append(f"| 2. RL after SFT (cosine + repetition penalty) | long start {fmt(*f2['start']['long'])} -> "
                  f"{fmt(*f2['end']['long'])}{gain['long']}; short start {fmt(*f2['start']['short'])} -> "
                  f"{fmt(*f2['end']['short'])}{gain['short']}; starts per seed: long {starts['long']}, short "
@@ -592,9 +650,10 @@ def plots(res, root):
             ("reflection_per_response", "f5_reflection.png", '5. "Wait, recheck" lines per response', None)):
         fig, ax = plt.subplots(figsize=(7, 3.6))
         names = ["sft-long"] + [f"ppo-{c}" for c in PPO_CONFIGS]
-        vals = [mean_se([res["analysis"][f"{n}-s{s}"][key] for s in seeds]) for n in names]
+        vals = [mean_se([res["start_analysis" if n.startswith("sft") else "analysis"][f"{n}-s{s}"][key]
+                         for s in seeds]) for n in names]
         ax.bar(range(len(names)), [m for m, _ in vals], yerr=[se or 0 for _, se in vals], capsize=3)
-        ax.set_xticks(range(len(names)), ["SFT (long)"] + list(PPO_CONFIGS), rotation=20, fontsize=8)
+        ax.set_xticks(range(len(names)), ["SFT (long, PPO's start)"] + list(PPO_CONFIGS), rotation=20, fontsize=8)
         ax.set(title=title)
         saved.append(_save(fig, root, fname))
     return saved
@@ -657,7 +716,7 @@ def parse_args(argv=None):
     ap.add_argument("--workers", type=int, default=2, help="runs at once, each single-threaded (0: in this process)")
     ap.add_argument("--readme", default=None, help="README whose table is replaced [README.md for the full run; "
                     "--quick writes only ROOT/results.md]")
-    ap.add_argument("--seeds", help="comma list replacing the preset's seeds (development: not 11, 12, 13)")
+    ap.add_argument("--seeds", help="comma list replacing the preset's seeds (development: never 21, 22, 23)")
     ap.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage (what the workers execute)
     return ap.parse_args(argv)
 

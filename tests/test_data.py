@@ -362,6 +362,15 @@ def test_classroom_answers_and_steps_are_right(knobs):
             for trace in (r["long_cot"], r["short_cot"]):
                 assert boxed(trace) == r["answer"] and extract(trace) == r["answer"]
                 assert trace.endswith(f"\\boxed{{{want}}}")
+            *work, so = r["short_cot"].split("\n")[0].split(", ")  # "x+y+c=v" per column, then "so N."
+            assert so == f"so {want}." and len(work) == max(len(a), len(b))
+            for i, step in enumerate(work):  # column i (from the right): its digits and its true result
+                x, o1, y, o2, c, value = re.fullmatch(r"(\d+)([+*-])(\d)([+-])(\d+)=(\d+)", step).groups()
+                assert int(value) == eval(f"{x}{o1}{y}{o2}{c}")
+                if op == "*":  # "b*x+c": the multiplier, then a's digit
+                    assert x == b and y == a[::-1][i]
+                else:  # a's digit (+10 on a borrow) and b's digit, each 0 past its number's end
+                    assert int(x) % 10 == int((a[::-1] + "0" * 18)[i]) and y == (b[::-1] + "0" * 18)[i]
             lines = r["long_cot"].split("\n")
             steps = [(i, STEP.fullmatch(ln)) for i, ln in enumerate(lines) if STEP.fullmatch(ln)]
             assert steps, r["long_cot"]
@@ -397,7 +406,7 @@ def test_classroom_lengths_are_in_the_documented_range():
     long = [len(r["long_cot"]) for r in rows]
     short = [len(r["short_cot"]) for r in rows]
     assert 195 <= min(long) and max(long) <= 325 and 240 <= sum(long) / len(long) <= 265
-    assert 20 <= min(short) and max(short) <= 30
+    assert 46 <= min(short) and max(short) <= 51  # 3 columns of "x+y+c=v", "so N.", "\boxed{N}"
     assert max(len(data.format_prompt(r["problem"])) for r in rows) == 30
 
 
