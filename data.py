@@ -10,8 +10,9 @@ What it does
 2. Formats a problem as a prompt (`format_prompt`): the model's chat template when it has one, as the paper
    does, else a short plain template. Both ask for the final answer in \\boxed{}.
 3. Generates the *classroom* task (`classroom`): seeded multi-digit arithmetic with a long chain of thought
-   (column-by-column steps, a verification, and in ~30% of traces a wrong step followed by "Wait, recheck:"
-   and its correction) and a short chain of thought (the answer at once), small enough for a ~1M-parameter
+   (column-by-column lines laid out at one width with the digits so far, and in ~30% of traces a wrong step
+   followed by "Wait, recheck:" and its correction) and a short chain of thought (each column's result, then
+   the answer), small enough for a ~1M-parameter
    character-level model trained on a laptop CPU.
 4. Builds an SFT set by rejection sampling (`distill`): sample N responses per prompt from a teacher, keep the
    ones the verifier accepts. This is how the paper builds its long-CoT (QwQ-32B-Preview) and short-CoT
@@ -520,8 +521,8 @@ def _step_line(rest: str, lhs: str, value: int, op: str, so_far: str) -> str:
 
 
 def long_cot(a: int, b: int, op: str, rng: random.Random, p_error: float) -> str:
-    """Column-by-column solution with a verification; with probability p_error one step is first wrong, then
-    'Wait, recheck:' and the corrected line. A final carry becomes one more column of zeros."""
+    """Column-by-column solution, one line per column at one width; with probability p_error one step is first
+    wrong, then 'Wait, recheck:' and the corrected line. A final carry becomes one more column of zeros."""
     steps, final_carry = _column_steps(a, b, op)
     if final_carry:
         steps.append((f"{b}*0+{final_carry}" if op == "mul" else f"0+0+{final_carry}", final_carry))

@@ -81,18 +81,19 @@ SFT (finding 1): for each CoT type and seed ONE run over one pass of its problem
   only ~7,300 of them), sft.py's lr schedule (3e-3, 5% warmup, cosine to 0.1x), held-out accuracy after 1/4,
   1/2, 3/4 and all of its tokens (budgets spanning 4x). Departure: the paper trains one model per budget; here
   the smaller budgets are checkpoints of one run (lr not yet decayed there, the same for both CoT types).
-PPO (findings 2-5): from each seed's chosen SFT checkpoint (above: choose_start), ppo.py's classroom preset (cosine reward 2/1/-10/0, exceed
-  -10, KL 0.01, 4 samples per prompt, 2 epochs, seq-mean-token-mean) with 16 prompts per iteration (64 samples,
-  minibatch 32: 4 optimizer steps per iteration; the preset has 32 prompts), --max-new-tokens 428,
-  10 iterations (held-out evaluation at 0 and 10). Four configurations x 3 seeds:
+PPO (findings 2-5): from each seed's chosen SFT checkpoint (above: choose_start), ppo.py's classroom preset
+  (cosine reward 2/1/-10/0, exceed -10, KL 0.01, 4 samples per prompt, 2 epochs, seq-mean-token-mean) with 16
+  prompts per iteration (64 samples, minibatch 32: 4 optimizer steps per iteration; the preset has 32 prompts),
+  --max-new-tokens 428, 10 iterations (held-out evaluation at 0 and 10). Four configurations x 3 seeds:
      long-cosine-rep   long-CoT start, cosine reward + repetition penalty (n = 40 tokens, -0.05: the recipe)
      short-cosine-rep  short-CoT start, the same
      long-classic      long-CoT start, classic 0/1 reward, no repetition penalty
      long-cosine       long-CoT start, cosine reward, no repetition penalty
 Evaluation: held-out accuracy at temperature 0.7, top-p 0.95, T = 428, one sample per problem (sft.py's and
   ppo.py's own evaluations). After each stage its final model (an SFT stage: also PPO's start, when that is
-  an earlier checkpoint) answers the held-out set once more (analysis.json): accuracy (also per problem size), length, truncation, repetition (share of responses with a
-  repeated 40-token n-gram: the penalty's n), reflection ("Wait, recheck" lines per response).
+  an earlier checkpoint) answers the held-out set once more (analysis.json): accuracy (also per problem size),
+  length, truncation, repetition (share of responses with a repeated 40-token n-gram: the penalty's n),
+  reflection ("Wait, recheck" lines per response).
 
 Hypotheses and the criterion for "reproduces" (pre-registered). Over seeds: mean and standard error (SE, sample
 standard deviation / sqrt(seeds)); a comparison is a per-seed difference (paired by seed), and it holds when its
