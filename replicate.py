@@ -3,7 +3,8 @@
     python replicate.py                 # everything, 3 seeds (<= 60 minutes on 2 CPU cores): plots, results.json,
                                         # and the README table between its markers
     python replicate.py --quick         # one seed, shorter runs (<= 10 minutes): meant to show the direction of
-                                        # each finding (version 3: finding 1's only, its SFT was too short)
+                                        # each finding (version 4: only finding 1's matches the full run:
+                                        # at 3/8 of the SFT tokens the long-CoT model is still at the floor)
     python replicate.py --workers 1     # one run at a time (default: one single-threaded run per core, 2 at once)
 
 Runs go to runs/replicate/ (--quick: runs/replicate-quick/), one folder per stage (sft-long-s1, ppo-long-cosine-rep-s1,
@@ -116,9 +117,15 @@ mean exceeds 2 SE of the differences. With one seed (--quick) only the sign is s
      clearly raised it).
 Whatever comes out is reported; the task is not tuned after the reported runs.
 
-Budget (2 CPU cores): two single-threaded runs at once (--workers 2). Measured on this 2-core CPU for version 3:
-the full run 52 minutes (SFT stages 9.6-12.8 minutes each, long-start PPO stages 3.5-4.0, short-start 0.5),
---quick 8.2 minutes; version 4's short SFT run takes ~13 minutes (more, smaller steps).
+Budget (2 CPU cores): two single-threaded runs at once (--workers 2). Measured on this 2-core CPU: version 4's
+full run 60.4 minutes, 0.4 over the budget (SFT stages 12.8-13.3 minutes each, long-start PPO stages 3.8-4.2,
+short-start 0.8-0.9; the final analysis of a stage 0.1-0.3); --quick 9.0 minutes. Version 3's run took 52.
+
+Version 4's outcome (README): F1 does not reproduce (at equal tokens the plain short solution is ahead until
+the last budget, then level: long - short -0.04 +- 0.10); F2 was tested on all three seeds and found no gain
+above 2 SE from either start; F3 "partly" rests on a one-token length difference (no truncation anywhere): the
+criterion has no minimum effect size, which a next version should add before its runs; F4 does not reproduce;
+F5 consistent.
 """
 import argparse
 import json

@@ -506,4 +506,5 @@ if __name__ == "__main__":
         main()
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
+    import dist
     dist.cleanup()  # under torchrun: the ranks meet, the group goes, the process ends here

@@ -131,6 +131,21 @@ def test_reproducible_from_seed(tiny):
     assert ids(a) == ids(b) and ids(a) != ids(c)
 
 
+def test_cli_under_torchrun_splits_the_prompts_over_ranks(tmp_path):
+    """2 CPU ranks: each writes OUT.rankR with its share of the prompts (rank r takes prompts r, r+2, ...), and
+    both end through dist.cleanup with status 0."""
+    from scripts import run_script
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{k}+{k}="}) + "\n" for k in range(3)))
+    out = tmp_path / "s.jsonl"
+    stdout = run_script("sample.py", ["--model", "tiny", "--prompts", str(prompts), "--n-samples", "2",
+                                      "--max-new-tokens", "4", "--out", str(out)], torchrun=True)
+    got = {r: [json.loads(x)["prompt_index"] for x in (tmp_path / f"s.jsonl.rank{r}").read_text().splitlines()]
+           for r in (0, 1)}
+    assert got == {0: [0, 0, 2, 2], 1: [1, 1]} and not out.exists()
+    assert "wrote 4 samples to" in stdout  # rank 0's line, flushed before the process ended
+
+
 def test_cli_writes_samples_and_rejects_bad_files(tmp_path):
     good = tmp_path / "p.jsonl"
     good.write_text(json.dumps({"prompt": "1+1="}) + "\n\n" + json.dumps({"prompt": "2+2="}) + "\n")
