@@ -472,6 +472,11 @@ OPS = {"add": "+", "sub": "-", "mul": "*"}
 RECHECK = "Wait, recheck: "
 
 
+def _value(a: int, b: int, op: str) -> int:
+    """The exact answer: a + b, a - b or a * b."""
+    return {"add": a + b, "sub": a - b, "mul": a * b}[op]
+
+
 def _digits(x: int) -> list[int]:
     """Decimal digits, least significant first: 482 -> [2, 8, 4]."""
     return [int(c) for c in reversed(str(x))]
@@ -526,7 +531,7 @@ def long_cot(a: int, b: int, op: str, rng: random.Random, p_error: float) -> str
     steps, final_carry = _column_steps(a, b, op)
     if final_carry:
         steps.append((f"{b}*0+{final_carry}" if op == "mul" else f"0+0+{final_carry}", final_carry))
-    result = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+    result = _value(a, b, op)
     sym = OPS[op]
     bad = rng.randrange(len(steps)) if rng.random() < p_error else -1
     head = {"add": "Add right to left.", "sub": "Subtract right to left.", "mul": "Multiply right to left."}[op]
@@ -558,7 +563,7 @@ def short_cot(a: int, b: int, op: str) -> str:
     and no rechecks: '2+6+0=8, 8+7+0=15, 4+3+1=8, so 858.\n\\boxed{858}'. Where a digit sits now depends on
     the widths of the results before it, so the look-ups that the long CoT keeps at a fixed distance vary here."""
     steps, _ = _column_steps(a, b, op)
-    result = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+    result = _value(a, b, op)
     work = ", ".join(f"{lhs.strip()}={value}" for lhs, value in steps)
     return f"{work}, so {result}.\n\\boxed{{{result}}}"
 
@@ -610,7 +615,7 @@ def classroom(n: int, seed: int, split: str = "train", *, ops: str | Sequence[st
         if (distinct and problem in seen) or is_test_problem(problem, test_frac) != (split == "test"):
             continue
         seen.add(problem)
-        answer = str({"add": a + b, "sub": a - b, "mul": a * b}[op])
+        answer = str(_value(a, b, op))
         rows.append({"id": f"classroom-{split}-{seed}-{len(rows)}", "problem": problem, "answer": answer,
                      "long_cot": long_cot(a, b, op, rng, p_error), "short_cot": short_cot(a, b, op),
                      "kind": "math"})

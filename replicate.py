@@ -350,15 +350,14 @@ def run_stage(cfg, root, name):
     print(f"[replicate] stage {name} (process {os.getpid()})", flush=True)
     t0 = time.time()
     trained = os.path.exists(os.path.join(out, "done.json"))
-    argv = list(spec["argv"])
-    if spec["kind"] == "ppo":  # the start: the SFT run's chosen checkpoint (choose_start), decided once SFT is done
-        argv[argv.index("--sft-out") + 1] = start_checkpoint(cfg, root, spec["cot"], spec["seed"])[1]
     if not trained:
         if spec["kind"] == "sft":
             import sft
-            sft.main(argv)
-        else:
+            sft.main(spec["argv"])
+        else:  # the start: the SFT run's chosen checkpoint (choose_start), decided once that run is done
             import ppo
+            argv = list(spec["argv"])
+            argv[argv.index("--sft-out") + 1] = start_checkpoint(cfg, root, spec["cot"], spec["seed"])[1]
             ppo.main(argv)
     t1 = time.time()
     ckpt = dist.latest_checkpoint(out)
@@ -451,7 +450,6 @@ def collect(cfg, root, minutes=None):
             _, held = read_metrics(os.path.join(root, f"sft-{cot}-s{s}"))
             acc[cot, s] = [r["eval/accuracy"] for r in held][-pts:]
     f1 = {"steps": {cot: [steps[cot] * (i + 1) // pts for i in range(pts)] for cot in steps}, "problems": sizes,
-          "budget_points": pts,
           "batch": batch, "tokens_per_example": tpe, "epochs": cfg["sft_epochs"],
           "tokens": [sizes["long"] * cfg["sft_epochs"] * tpe["long"] * (i + 1) / pts for i in range(pts)],
           "tokens_short": [sizes["short"] * cfg["sft_epochs"] * tpe["short"] * (i + 1) / pts for i in range(pts)]}
@@ -488,7 +486,7 @@ def collect(cfg, root, minutes=None):
         "end": {c: mean_se([acc1[c, s] for s in seeds]) for c in ("long", "short")},
         "per_seed": {f"{c}-s{s}": [acc0[c, s], acc1[c, s]] for c in ("long", "short") for s in seeds},
         "start_step": {f"{c}-s{s}": ana[f"sft-{c}-s{s}"]["start_step"] for c in ("long", "short") for s in seeds},
-        "sft_steps": steps, "fair_seeds": fair, "gain_long": mean_se(g["long"]), "gain_short": mean_se(g["short"]),
+        "fair_seeds": fair, "gain_long": mean_se(g["long"]), "gain_short": mean_se(g["short"]),
         "gain_long_minus_short": mean_se([a - b for a, b in zip(g["long"], g["short"])]),
         "criteria": crit, "verdict": v}
 
@@ -560,9 +558,9 @@ def table(res):
                  f"long CoT {acc('long')}; short CoT {acc('short')}; long - short at the largest budget "
                  f"{fmt(*f1['long_minus_short'])} | {f1['verdict']} |")
     gain = {c: f" (gain {fmt(*f2[f'gain_{c}'])})" if f2["fair_seeds"] else "" for c in ("long", "short")}
-    def at(c, s):  # the start's budget point, when it is not the final model
-        k, n, pts = f2["start_step"][f"{c}-s{s}"], f2["sft_steps"][c], f1["budget_points"]
-        return "" if k == n else f" (at {round(pts * k / n)}/{pts} of its SFT)"
+    def at(c, s):  # the start's budget point (F1's steps), when it is not the final model
+        k, points = f2["start_step"][f"{c}-s{s}"], f1["steps"][c]
+        return "" if k == points[-1] else f" (at {points.index(k) + 1}/{len(points)} of its SFT)"
     starts = {c: " / ".join(f"{f2['per_seed'][f'{c}-s{s}'][0]:.3f}{at(c, s)}" for s in res["seeds"])
               for c in ("long", "short")}
     lines.append(f"| 2. RL after SFT (cosine + repetition penalty) | long start {fmt(*f2['start']['long'])} -> "
