@@ -121,7 +121,7 @@ Budget (2 CPU cores): two single-threaded runs at once (--workers 2). Measured o
 full run 60.4 minutes, 0.4 over the budget (SFT stages 12.8-13.3 minutes each, long-start PPO stages 3.8-4.2,
 short-start 0.8-0.9; the final analysis of a stage 0.1-0.3); --quick 9.0 minutes. Version 3's run took 52.
 
-Version 4 rerun (written 2026-11-30 14:45, before the rerun; the same design, seeds and criteria). The first run
+Version 4 rerun (written 2026-11-30 14:30, before the rerun; the same design, seeds and criteria). The first run
 took 60.4 minutes, over the budget, so the code was made faster and the run repeated: PPO trains in micro-batches
 of 8 rows (ppo.py's classroom preset; was 64: padding to the longest row of a minibatch cost ~35% of the
 training forward/backward), sft.py plans its batches once per epoch (was every step, 1.4% of an SFT run), and
