@@ -3,8 +3,7 @@
     python replicate.py                 # everything, 3 seeds (<= 60 minutes on 2 CPU cores): plots, results.json,
                                         # and the README table between its markers
     python replicate.py --quick         # one seed, shorter runs (<= 10 minutes): meant to show the direction of
-                                        # each finding (version 4: only finding 1's matches the full run:
-                                        # at 3/8 of the SFT tokens the long-CoT model is still at the floor)
+                                        # each finding (half the SFT tokens, 4 PPO iterations: see "Quick")
     python replicate.py --workers 1     # one run at a time (default: one single-threaded run per core, 2 at once)
 
 Runs go to runs/replicate/ (--quick: runs/replicate-quick/), one folder per stage (sft-long-s1, ppo-long-cosine-rep-s1,
@@ -73,7 +72,7 @@ Kept from version 3, and what each rests on:
   reported next to finding 3 without a verdict. (Changed after version 1's run, in which the cosine reward
   alone grew length; the reason is the authors' script.)
 Model: the built-in `tiny` (0.9M parameters, character tokenizer).
-Seeds: 21, 22, 23 (full run); 21 (--quick: 3/8 of the SFT tokens, 4 PPO iterations, 100 held-out problems, so
+Seeds: 21, 22, 23 (full run); 21 (--quick: half the SFT tokens, 4 PPO iterations, 100 held-out problems, so
   not the full run's numbers). A seed changes the SFT data sample and order, the model init and every sampling
   seed. The held-out set is the same 200 test-split problems (a third of each size, hash-disjoint from
   training) for all runs.
@@ -118,8 +117,9 @@ mean exceeds 2 SE of the differences. With one seed (--quick) only the sign is s
 Whatever comes out is reported; the task is not tuned after the reported runs.
 
 Budget (2 CPU cores): two single-threaded runs at once (--workers 2). Measured on this 2-core CPU: version 4's
-full run 60.4 minutes, 0.4 over the budget (SFT stages 12.8-13.3 minutes each, long-start PPO stages 3.8-4.2,
-short-start 0.8-0.9; the final analysis of a stage 0.1-0.3); --quick 9.0 minutes. Version 3's run took 52.
+first run 60.4 minutes, 0.4 over the budget (SFT stages 12.8-13.3 minutes each, long-start PPO stages 3.8-4.2,
+short-start 0.8-0.9; the final analysis of a stage 0.1-0.3), --quick 9.0 minutes; the rerun below 45.0 minutes
+(long-CoT SFT 11.1-11.3, short-CoT SFT 8.8-8.9, long-start PPO 2.8-3.0, short-start 0.7). Version 3's run took 52.
 
 Version 4 rerun (written 2026-11-30 14:30, before the rerun; the same design, seeds and criteria). The first run
 took 60.4 minutes, over the budget, so the code was made faster and the run repeated: PPO trains in micro-batches
@@ -131,7 +131,19 @@ F1 and the PPO starts are version 4's exactly; a PPO minibatch's loss is the sam
 gradient is summed in another order, so PPO's numbers (F2-F5) are a new draw of rounding, which may not stay
 small over 40 optimizer steps of sampling. The README table comes from the rerun (the run within budget);
 version 4's first-run numbers stay in the note and this file's history, and any verdict that differs between
-the two runs is reported as such.
+the two runs is reported as such. Outcome: 45.0 minutes, and every number in results.json (all five findings,
+every stage's analysis, every PPO curve) equal to the first run's: the rounding changes flipped no sampled token.
+Planning every step had cost more than measured beforehand (the plan sorts all of a run's problems: 17,920
+long, 64,120 short): long-CoT SFT took 11.3 instead of 13.3 minutes, short-CoT 8.8 instead of 12.9.
+
+Quick (written 2026-11-30 15:19, before its run; decided by the budget alone, not by any result). Version 4's
+--quick stopped SFT at 3/8 of the tokens, where its long-CoT model was at the floor (0.00 held-out), so findings
+2-5 had no working long start. Rule: --quick trains the largest multiple of 1/8 of the full run's SFT tokens that
+fits 10 minutes with a minute to spare, by the rerun's stage times: the long-CoT SFT is the critical path
+(~1.4 minutes per 1/8 with its evaluations), then two long-start PPO stages in a row (~1.4 each at 4
+iterations). 1/2: ~5.6 + 2.8 + 0.2 = ~8.6 minutes; 5/8: ~10.0. So --quick uses 1/2 (8,960 long-CoT problems).
+Whatever its long model reaches there is reported; if it is still at the floor, finding 2 stays confounded in
+--quick.
 
 Version 4's outcome (README): F1 does not reproduce (at equal tokens the plain short solution is ahead until
 the last budget, then level: long - short -0.04 +- 0.10); F2 was tested on all three seeds and found no gain
@@ -165,7 +177,7 @@ FULL = dict(
     ppo_iterations=10, ppo_eval_every=10, n_prompts=4000,
     ppo_args=["--rep-n", "40", "--rollout-batch", "16", "--train-batch", "32"],
 )
-QUICK = dict(FULL, name="quick", seeds=(21,), root="runs/replicate-quick", n_test=100, sft_long_problems=6720,
+QUICK = dict(FULL, name="quick", seeds=(21,), root="runs/replicate-quick", n_test=100, sft_long_problems=8960,
              ppo_iterations=4, ppo_eval_every=4)
 TOY = dict(FULL, name="toy", seeds=(1,), root="runs/replicate-toy", n_test=4, max_new_tokens=24,
            sft_long_problems=16, sft_batch={"long": 4, "short": 8}, n_prompts=8, ppo_iterations=2, ppo_eval_every=1,
