@@ -143,7 +143,11 @@ fits 10 minutes with a minute to spare, by the rerun's stage times: the long-CoT
 (~1.4 minutes per 1/8 with its evaluations), then two long-start PPO stages in a row (~1.4 each at 4
 iterations). 1/2: ~5.6 + 2.8 + 0.2 = ~8.6 minutes; 5/8: ~10.0. So --quick uses 1/2 (8,960 long-CoT problems).
 Whatever its long model reaches there is reported; if it is still at the floor, finding 2 stays confounded in
---quick.
+--quick. Outcome: 8.8 minutes; the long-CoT model ended SFT at 0.08 held-out (short 0.34), so both PPO starts were
+inside the range. Its directions: finding 1 as the full run's (short ahead); finding 2 +0.01 vs -0.01 (one problem
+of 100); findings 3-5 not the full run's (classic shortened length more than the recipe; the cosine reward without
+the penalty raised repetition 2% -> 9%, 3% with it, the paper's direction; RL raised reflection 0.09 -> 0.36): a
+model that can barely add behaves unlike the full run's 0.8-0.9 models.
 
 Version 4's outcome (README): F1 does not reproduce (at equal tokens the plain short solution is ahead until
 the last budget, then level: long - short -0.04 +- 0.10); F2 was tested on all three seeds and found no gain
