@@ -100,6 +100,17 @@ def test_batch_plan_deterministic_disjoint_equal_size_bucketed():
     assert sorted(len(b) for b in sft.batch_plan([5] * 10, 4, 0, 0)) == [4, 4]  # 10 examples: 2 batches
 
 
+def test_batches_are_planned_once_per_epoch(tmp_path, one_thread, monkeypatch):
+    """The plan sorts all of a run's problems: made every step it took ~30% of replicate.py's short-CoT SFT.
+    2 epochs of 4 steps: one plan to count the steps, then one per epoch, and epoch 1 trains on epoch 1's plan."""
+    calls = []
+    real = sft.batch_plan
+    monkeypatch.setattr(sft, "batch_plan", lambda *a: calls.append(a[3]) or real(*a))
+    sft.main(["--n-train", "32", "--epochs", "2", "--batch-size", "8", "--micro-batch-size", "4", "--n-eval", "2",
+              "--eval-max-new-tokens", "4", "--eval-every", "100", "--out", str(tmp_path / "run")])
+    assert calls == [0, 0, 1]
+
+
 def test_lr_at_warmup_peak_cosine_end():
     f = lambda s: sft.lr_at(s, total=110, peak=1.0, warmup_steps=10, min_ratio=0.1)  # noqa: E731
     assert f(0) == pytest.approx(0.1)  # warmup: peak * (step + 1) / warmup
