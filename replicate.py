@@ -411,6 +411,12 @@ def start_order(spec):
     return (spec["kind"] != "sft", spec["cot"] != "long")
 
 
+def to_start(todo, done, slots):
+    """The stages to start now, at most `slots`: those whose SFT start is done, in start_order (ties: stage order)."""
+    ready = [n for n in todo if all(a in done for a in todo[n]["after"])]
+    return sorted(ready, key=lambda n: start_order(todo[n]))[:max(slots, 0)]
+
+
 def run_all(cfg, root, workers):
     """Every stage not yet finished, `workers` at a time (subprocesses, one thread each); 0: here, one by one."""
     every = stages(cfg, root)
@@ -431,10 +437,7 @@ def run_all(cfg, root, workers):
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     t0 = time.time()
     while todo or running:
-        ready = [n for n in todo if all(a in done for a in todo[n]["after"])]
-        for name in sorted(ready, key=lambda n: start_order(todo[n])):
-            if len(running) >= workers:
-                break
+        for name in to_start(todo, done, workers - len(running)):
             os.makedirs(os.path.join(root, name), exist_ok=True)
             log = open(os.path.join(root, name, "log.txt"), "a")
             cmd = [sys.executable, os.path.abspath(__file__), "--stage", name, "--preset", cfg["name"], "--root", root,
