@@ -126,7 +126,7 @@ took 60.4 minutes, over the budget, so the code was made faster and the run repe
 of 8 rows (ppo.py's classroom preset; was 64: padding to the longest row of a minibatch cost ~35% of the
 training forward/backward), sft.py plans its batches once per epoch (was every step, 1.4% of an SFT run), and
 the scheduler starts the long-start PPO stages before the short-start ones (start_order). Expected: SFT and its
-analyses are bit-identical (checked: the same losses and weights over 320 steps across an epoch boundary), so
+analyses are bit-identical (checked: the same losses and weights over 160 steps, 2 epochs of 320 problems), so
 F1 and the PPO starts are version 4's exactly; a PPO minibatch's loss is the same in exact arithmetic but its
 gradient is summed in another order, so PPO's numbers (F2-F5) are a new draw of rounding, which may not stay
 small over 40 optimizer steps of sampling. The README table comes from the rerun (the run within budget);
