@@ -10,7 +10,8 @@ Runs go to runs/replicate/ (--quick: runs/replicate-quick/), one folder per stag
 ...). A stage that finished (its analysis.json) is reused; a stage that was interrupted resumes from its last
 checkpoint (sft.py and ppo.py resume on the same --out), so running the command again continues where it stopped.
 Each stage is `python sft.py ...` or `python ppo.py ...` with the flags below, then one evaluation of its final
-model (analysis.json; an SFT stage also evaluates PPO's start when that is an earlier checkpoint). The table and plots are made from those files only.
+model (analysis.json; an SFT stage also evaluates PPO's start when that is an earlier checkpoint). The table and
+plots are made from those files only.
 
 Design (fourth version, committed 2026-11-30 12:22 before its reported runs on seeds 21-23; developed on seeds
 100, 1 and 2, which are not reported)
