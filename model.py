@@ -13,11 +13,11 @@ names equal Hugging Face's, so checkpoints load with no renaming and `transforme
 One forward serves every caller (FSDP2 only gathers weights on `module(...)` calls, so there is no second
 public method that touches weights):
   - logits for a left- or right-padded batch (`return_logits=True`);
-  - per-token log-probs of given labels at a temperature, in chunks (kernels/logprobs.py), never a full
+  - per-token log-probs of given labels at a temperature, in chunks (longcot_kernels/logprobs.py), never a full
     (B, T, V) fp32 tensor (`labels=...`);
   - scalar values from an optional value head, for the PPO critic (`return_values=True`);
   - the KV-cache hooks of the sampler: prefill rows of a `KVCache` (`cache=..., slots=...`) and the
-    one-token decode step (`cache=...`), which runs the Triton kernels through `kernels` on a GPU.
+    one-token decode step (`cache=...`), which runs the Triton kernels through `longcot_kernels` on a GPU.
 
 Run `python model.py` to build the tiny model and print its size and a few greedy tokens.
 Distributed helpers (torchrun, FSDP2) are in dist.py. Departures from the paper: none (the paper uses
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch.utils.checkpoint import checkpoint
 
-import kernels
-from kernels.logprobs import linear_logprobs
+import longcot_kernels
+from longcot_kernels.logprobs import linear_logprobs
 
 ALIASES = {
     "qwen-math-7b": "Qwen/Qwen2.5-Math-7B",
@@ -210,7 +210,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        return kernels.rms_norm(x, self.weight, self.eps)  # x / rms(x) * w  (Zhang & Sennrich 2019)
+        return longcot_kernels.rms_norm(x, self.weight, self.eps)  # x / rms(x) * w  (Zhang & Sennrich 2019)
 
 
 class Attention(nn.Module):
@@ -229,13 +229,13 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, H, Dh)
         k = self.k_proj(x).view(B, T, K, Dh)
         v = self.v_proj(x).view(B, T, K, Dh)
-        q, k = kernels.apply_rope(q, k, positions, *rope)  # (B, T, H|K, Dh)
+        q, k = longcot_kernels.apply_rope(q, k, positions, *rope)  # (B, T, H|K, Dh)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|K, T, Dh)
         if cache is not None and slots is None:  # decode: one new token per cache row
             rows = torch.arange(B, device=x.device)
             cache.k[layer, rows, :, cache.lengths] = k[:, :, 0]
             cache.v[layer, rows, :, cache.lengths] = v[:, :, 0]
-            o = kernels.decode_attention(q[:, :, 0], cache.k[layer], cache.v[layer], cache.lengths + 1,
+            o = longcot_kernels.decode_attention(q[:, :, 0], cache.k[layer], cache.v[layer], cache.lengths + 1,
                                          max_len=cache.capacity)  # static bound: no GPU->CPU sync
             o = o[:, None]  # (B, 1, H, Dh)
         else:

@@ -63,7 +63,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper
 from torch.utils._pytree import tree_flatten
 
 import dist
-import kernels
+import longcot_kernels
 import model as M
 
 GiB = 1 << 30
@@ -388,12 +388,12 @@ def fake_world(world):
 
 @contextlib.contextmanager
 def _torch_kernels():
-    previous = kernels.backend()
-    kernels.set_backend("torch")  # Triton kernels cannot run on fake tensors; their torch references can
+    previous = longcot_kernels.backend()
+    longcot_kernels.set_backend("torch")  # Triton kernels cannot run on fake tensors; their torch references can
     try:
         yield
     finally:
-        kernels.set_backend(previous)
+        longcot_kernels.set_backend(previous)
 
 
 def plan(cfg, s, world, passes=2, log=print):

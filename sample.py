@@ -12,12 +12,12 @@ How it works. `slots` cache rows are preallocated (model.KVCache), each for `cap
 max_new_tokens tokens. How many: `batch_size` if given, else as many as fit in a memory budget (kv_budget:
 free GPU memory minus a margin; a fixed amount on a CPU), at most one per job; the jobs that do not get a slot
 wait in a queue, never holding cache memory. Each waiting (prompt, sample) job is prefilled into a free slot;
-then every step decodes one token for all slots at once (kernels.decode_attention reads each row's own cache
+then every step decodes one token for all slots at once (longcot_kernels.decode_attention reads each row's own cache
 length). A row that emits EOS or reaches max_new_tokens frees its slot, which the next waiting job refills
 (continuous batching: long-CoT answer lengths differ by 10x within a batch, and a static batch would idle on
 its longest row).
 
-The decode step is all on the device (DecodeState.step): the draw (hash RNG `uniform` + kernels.sample), the
+The decode step is all on the device (DecodeState.step): the draw (hash RNG `uniform` + longcot_kernels.sample), the
 EOS / length test, the per-row step counters and the generated tokens and log-probs (written into device
 buffers) are updated there, with no host sync. On a GPU with the Triton backend the whole step is captured
 once into a CUDA graph and replayed; on a CPU the same function runs eagerly. The host looks at the device
@@ -47,7 +47,7 @@ from typing import List
 
 import torch
 
-import kernels
+import longcot_kernels
 from model import CausalLM, KVCache
 
 GiB = 1 << 30
@@ -161,7 +161,7 @@ class DecodeState:
         self.params = None  # param_addresses(model), set when generate keeps this state for a later call
         self.slots, self.capacity, self.dtype, self.device = slots, capacity, dtype, torch.device(device)
         self.use_graph = use_graph
-        self.backend = kernels.backend()
+        self.backend = longcot_kernels.backend()
         self.cache = KVCache(model.cfg, slots, capacity, dtype, device)
         z = lambda *shape, dt=torch.long: torch.zeros(*shape, dtype=dt, device=device)  # noqa: E731
         self.logits = z(slots, model.cfg.vocab_size, dt=dtype)  # (B, V)
@@ -185,7 +185,7 @@ class DecodeState:
         return (self.model_ref() is model and n_stop <= self.stop.numel()
                 and (slots, capacity, dtype, torch.device(device), use_graph)
                 == (self.slots, self.capacity, self.dtype, self.device, self.use_graph)
-                and self.backend == kernels.backend() and self.params == param_addresses(model))
+                and self.backend == longcot_kernels.backend() and self.params == param_addresses(model))
 
     def reset(self, seed, max_new, pad, stop):
         """Every slot idle; this call's seed, length limit, padding id and stop ids (shapes fixed: no recapture)."""
@@ -224,7 +224,7 @@ class DecodeState:
         """One token for every slot: draw from `logits`, record, stop rows, then the forward for the next token."""
         active = self.active
         u = uniform(self.seed, self.key, self.steps)  # (B,) the draw's randomness, reproducible from the seed
-        new, lp = kernels.sample(self.logits, temperature, top_p, u)  # (B,), (B,)
+        new, lp = longcot_kernels.sample(self.logits, temperature, top_p, u)  # (B,), (B,)
         col = torch.where(active, self.steps, self.trash)[:, None]  # (B, 1) idle rows write the trash column
         self.tokens.scatter_(1, col, new[:, None])
         self.logprobs.scatter_(1, col, lp[:, None])
@@ -317,7 +317,7 @@ def generate(model: CausalLM, tokenizer, prompts, n=1, temperature=0.7, top_p=0.
     results: List[List[Sample]] = [[None] * n for _ in prompts]  # results[i][k]: sample k of prompt i
     if not jobs:
         return results
-    use_graph = bool(cuda_graph and device.type == "cuda" and kernels.backend() == "triton")
+    use_graph = bool(cuda_graph and device.type == "cuda" and longcot_kernels.backend() == "triton")
     poll_every = poll_every or (16 if use_graph else 1)
     capacity = round_capacity(max(len(ids) for _, _, ids, _ in jobs) + max_new_tokens, device)
     kept = _kept[0] if _kept and _kept[0].device == device else None

@@ -49,9 +49,9 @@ def compile_only():
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("compile-only: unset TRITON_INTERPRET (the kernels would be defined as interpreted functions)")
         sys.exit(3)
-    import kernels
-    from kernels import rmsnorm, rope, sampling
-    da = kernels.decode_attention_mod
+    import longcot_kernels
+    from longcot_kernels import rmsnorm, rope, sampling
+    da = longcot_kernels.decode_attention_mod
 
     def build(fn, pointers, floats, consts, num_warps=4):
         """Ints default to i32; `consts` are constexprs (and strides equal to 1, which Triton specialises)."""
@@ -118,10 +118,10 @@ def main():
         print(f"compiled {n} kernel variants for sm_90")
         return
     if not CUDA:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede `import kernels` (kernels defined at import)
-    import kernels
-    from kernels import rmsnorm, rope, sampling
-    da = kernels.decode_attention_mod
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before `import longcot_kernels` (defines the kernels)
+    import longcot_kernels
+    from longcot_kernels import rmsnorm, rope, sampling
+    da = longcot_kernels.decode_attention_mod
     torch.manual_seed(args.seed)
     dev = "cuda" if CUDA else "cpu"
     dt = torch.bfloat16 if CUDA else torch.float32

@@ -41,7 +41,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
-import kernels  # noqa: E402
+import longcot_kernels  # noqa: E402
 import model as M  # noqa: E402
 import reward as RW  # noqa: E402
 from bench_sample import SHAPES, NoStopTokenizer, environment, random_model, sync, write_json  # noqa: E402
@@ -149,7 +149,7 @@ def ppo_iteration(policy, critic, ref, sampler, actor_opt, critic_opt, tok, prom
     perm = list(range(len(samples)))
     random.Random(args.seed * 7 + it).shuffle(perm)
     n_steps = n_micro = 0
-    with kernels.use(train_backend):
+    with longcot_kernels.use(train_backend):
         for s in range(0, len(perm), args.train_batch):
             batch = sorted(perm[s:s + args.train_batch], key=lambda b: int(ends[b]))
             n_seq = float(len(batch))  # the authors' aggregation: each response's token mean, averaged
@@ -210,10 +210,10 @@ def main():
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and args.precision == "amp")
 
-    default_backend = kernels.backend()
+    default_backend = longcot_kernels.backend()
     backend_info = training_backend(policy, device, V, autocast)  # may switch to "torch" ...
-    train_backend = kernels.backend()
-    kernels.set_backend(default_backend)  # ... for training only; sampling and scoring keep the default
+    train_backend = longcot_kernels.backend()
+    longcot_kernels.set_backend(default_backend)  # ... for training only; sampling and scoring keep the default
     g = torch.Generator().manual_seed(args.seed)
     prompt_ids = torch.randint(0, V, (args.n_prompts, args.prompt_len), generator=g).tolist()
 
@@ -251,7 +251,8 @@ def main():
     print("-" * 44)
     scored = st["samples"] * st["padded_len"]  # padded tokens through each scoring forward
     rate = {"sample": f"{st['generated_tokens'] / mean['sample']:,.0f} generated tokens/s",
-            "old_logp": f"{scored / mean['old_logp']:,.0f} tokens/s", "reference": f"{scored / mean['reference']:,.0f} tokens/s",
+            "old_logp": f"{scored / mean['old_logp']:,.0f} tokens/s",
+            "reference": f"{scored / mean['reference']:,.0f} tokens/s",
             "critic": f"{scored / mean['critic']:,.0f} tokens/s",
             "train": f"{scored / mean['train']:,.0f} tokens/s (actor + critic)"}
     for p in PHASES:

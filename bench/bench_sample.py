@@ -182,8 +182,8 @@ def environment(device):
         env["triton"] = triton.__version__
     except ImportError:
         pass
-    import kernels
-    env["kernels_backend"] = kernels.backend()
+    import longcot_kernels
+    env["kernels_backend"] = longcot_kernels.backend()
     return env
 
 

@@ -13,7 +13,7 @@ forward/backward under torch.autocast(bfloat16), which is what sft.py does on on
 gradients and optimizer states in bf16 (half the memory, less exact updates). Gradient checkpointing is on
 (model.gradient_checkpointing; --no-grad-ckpt turns it off).
 The two paths:
-  (a) chunked  model(ids, labels=..., temperature=...) -> kernels/logprobs.py: logits live one (chunk, V)
+  (a) chunked  model(ids, labels=..., temperature=...) -> longcot_kernels/logprobs.py: logits live one (chunk, V)
                fp32 block at a time and are recomputed in backward;
   (b) naive    model(ids, return_logits=True) -> (B, T, V) bf16 logits -> fp32 / temperature -> log_softmax
                -> gather: the full logits, their fp32 copy and log-softmax all live in memory.
@@ -32,8 +32,8 @@ Reported per path (median over --steps timed steps after --warmup steps):
 Targets (one H100): MFU >= 40% (transformers measured 33%) and peak memory of (a) <= 60% of (b).
 
 Gradient check: before timing, one small step checks that every parameter receives a nonzero gradient. The
-Triton kernels behind kernels.rms_norm / kernels.apply_rope (the default backend on a GPU) have no backward,
-so if the check fails under them the benchmark says so and switches to the "torch" backend (differentiable
+Triton kernels behind longcot_kernels.rms_norm / .apply_rope (the default backend on a GPU) have no
+backward, so if the check fails under them the benchmark says so and switches to the "torch" backend (differentiable
 references), recording both facts in the JSON; a wrong-gradient step would give meaningless speed.
 Results go to --out as JSON. Not from the paper: engineering support only. On a CPU (--smoke) the numbers
 say nothing about speed or memory.
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
-import kernels  # noqa: E402
+import longcot_kernels  # noqa: E402
 import model as M  # noqa: E402
 from bench_sample import SHAPES, environment, median, random_model, sync, timed, write_json  # noqa: E402
 from ppo import policy_loss  # noqa: E402
@@ -100,17 +100,17 @@ def missing_gradients(model, device, vocab, autocast):
 def training_backend(model, device, vocab, autocast):
     """Keep the current kernels backend if gradients reach every parameter under it, else switch to "torch".
     Returns a dict for the JSON report."""
-    info = {"backend_default": kernels.backend()}
+    info = {"backend_default": longcot_kernels.backend()}
     bad = missing_gradients(model, device, vocab, autocast)
-    if bad and kernels.backend() != "torch":
-        print(f"WARNING: with kernels backend {kernels.backend()!r}, {len(bad)} parameters get no gradient "
+    if bad and longcot_kernels.backend() != "torch":
+        print(f"WARNING: with kernels backend {longcot_kernels.backend()!r}, {len(bad)} parameters get no gradient "
               f"(e.g. {bad[:3]}): its kernels have no backward. Switching to the 'torch' backend for training.")
         info["params_without_grad_default_backend"] = len(bad)
-        kernels.set_backend("torch")
+        longcot_kernels.set_backend("torch")
         bad = missing_gradients(model, device, vocab, autocast)
     if bad:
         raise RuntimeError(f"{len(bad)} parameters get no gradient even with the torch backend, e.g. {bad[:3]}")
-    info["backend_used"] = kernels.backend()
+    info["backend_used"] = longcot_kernels.backend()
     return info
 
 
@@ -177,7 +177,7 @@ def main():
                "model_flops_per_step": flops, "paths": {}}
     print(f"{results['env']}\nmodel {args.model if not args.smoke else 'tiny'}: {model.num_params() / 1e9:.3f}B "
           f"parameters, {B} x {T} tokens, precision {args.precision}, grad ckpt {model.gradient_checkpointing}, "
-          f"kernels backend {kernels.backend()}; {flops / 1e12:.1f} TFLOP per step")
+          f"kernels backend {longcot_kernels.backend()}; {flops / 1e12:.1f} TFLOP per step")
     for path in paths:
         for _ in range(args.warmup):
             step(path)

@@ -1,7 +1,7 @@
 """Shared test setup.
 
 Triton kernels run on a CPU through Triton's interpreter. The variable must be set before any
-`@triton.jit` function is defined, i.e. before the first `import kernels`, so it lives here.
+`@triton.jit` function is defined, i.e. before the first `import longcot_kernels`, so it lives here.
 """
 import os
 import sys

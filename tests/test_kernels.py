@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
-import kernels
-from kernels import rmsnorm, rope, sampling
+import longcot_kernels
+from longcot_kernels import rmsnorm, rope, sampling
 
-decode_mod = kernels.decode_attention_mod
+decode_mod = longcot_kernels.decode_attention_mod
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -530,16 +530,16 @@ def test_sample_bad_input():
     with pytest.raises(ValueError, match="temperature"):
         sampling.sample_ref(logits, -1.0, 1.0, u)
     with pytest.raises(ValueError, match="u must be"):
-        kernels.sample(logits, 1.0, 1.0, torch.zeros(3))
+        longcot_kernels.sample(logits, 1.0, 1.0, torch.zeros(3))
 
 
 # ---------------------------------------------------------------- the switch
 
 def test_set_backend_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown backend"):
-        kernels.set_backend("cuda")
+        longcot_kernels.set_backend("cuda")
     with pytest.raises(ValueError, match="unknown backend"):
-        with kernels.use("Triton"):
+        with longcot_kernels.use("Triton"):
             pass
 
 
@@ -557,38 +557,40 @@ def test_use_routes_to_triton_and_restores(monkeypatch):
     for module, name in ((rmsnorm, "rms_norm_ref"), (rope, "apply_rope_ref"),
                          (decode_mod, "decode_attention_ref"), (sampling, "sample_ref")):
         spy(module, name)
-    before = kernels.backend()
+    before = longcot_kernels.backend()
     x = randn(2, 16, seed=24)
     q = randn(1, 2, 2, 16, seed=25)
     cos, sin = rope_tables(4, 16)
     pos = torch.zeros(1, 2, dtype=torch.long, device=DEVICE)
     cache = randn(1, 2, 3, 16, seed=26)
-    with kernels.use("triton"):
-        assert kernels.backend() == "triton"
-        kernels.rms_norm(x, x[0], 1e-6)
-        kernels.apply_rope(q, q, pos, cos, sin)
-        kernels.decode_attention(q[:, 0], cache, cache, torch.tensor([2], device=DEVICE))
-        kernels.sample(x, 1.0, 1.0, torch.zeros(2, device=DEVICE))
+    with longcot_kernels.use("triton"):
+        assert longcot_kernels.backend() == "triton"
+        longcot_kernels.rms_norm(x, x[0], 1e-6)
+        longcot_kernels.apply_rope(q, q, pos, cos, sin)
+        longcot_kernels.decode_attention(q[:, 0], cache, cache, torch.tensor([2], device=DEVICE))
+        longcot_kernels.sample(x, 1.0, 1.0, torch.zeros(2, device=DEVICE))
     assert calls == ["rms_norm_triton", "apply_rope_triton", "decode_attention_triton", "sample_triton"]
-    assert kernels.backend() == before
+    assert longcot_kernels.backend() == before
     calls.clear()
-    with kernels.use("torch"):
-        kernels.rms_norm(x, x[0], 1e-6)
-        kernels.sample(x, 1.0, 1.0, torch.zeros(2, device=DEVICE))
+    with longcot_kernels.use("torch"):
+        longcot_kernels.rms_norm(x, x[0], 1e-6)
+        longcot_kernels.sample(x, 1.0, 1.0, torch.zeros(2, device=DEVICE))
     assert calls == ["rms_norm_ref", "sample_ref"]
     with pytest.raises(KeyError):  # restored even when the body raises
-        with kernels.use("triton"):
+        with longcot_kernels.use("triton"):
             raise KeyError
-    assert kernels.backend() == before
+    assert longcot_kernels.backend() == before
 
 
 def test_import_without_triton():
-    """A machine without Triton: `import kernels` works, the backend is torch, asking for triton says why not."""
+    """A machine without Triton: `import longcot_kernels` works, the backend is torch, asking for triton says
+    why not."""
     code = ("import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
-            "import torch, kernels\n"
-            "assert kernels.backend() == 'torch'\n"
-            "y = kernels.rms_norm(torch.ones(2, 4), torch.ones(4))\n"
-            "try:\n    kernels.set_backend('triton')\nexcept RuntimeError as e:\n    assert 'not installed' in str(e)\n"
+            "import torch, longcot_kernels\n"
+            "assert longcot_kernels.backend() == 'torch'\n"
+            "y = longcot_kernels.rms_norm(torch.ones(2, 4), torch.ones(4))\n"
+            "try:\n    longcot_kernels.set_backend('triton')\n"
+            "except RuntimeError as e:\n    assert 'not installed' in str(e)\n"
             "else:\n    raise SystemExit('set_backend(triton) did not raise')\n")
     env = dict(os.environ, PYTHONPATH=ROOT)
     r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import model as M
-from kernels.logprobs import linear_logprobs, linear_logprobs_ref
+from longcot_kernels.logprobs import linear_logprobs, linear_logprobs_ref
 
 transformers = pytest.importorskip("transformers")
 
@@ -242,18 +242,18 @@ def test_bad_checkpoint_directory_errors(tmp_path):
 def test_triton_backend_same_logits_and_gradients():
     """The model through the Triton kernels (interpreter on CPU) equals the torch references, and training
     forwards (autograd needed) fall back to the references, so every parameter still gets its gradient."""
-    import kernels
+    import longcot_kernels
     m, tok = M.load("tiny")
     ids = torch.tensor([tok.encode("12+345=57"), tok.encode("99+1=100!")])
     with torch.no_grad():
         ref = m(ids, return_logits=True).logits
-        with kernels.use("triton"):
+        with longcot_kernels.use("triton"):
             got = m(ids, return_logits=True).logits
     assert (got - ref).abs().max() < 1e-4
     grads = []
     for name in ("torch", "triton"):
         m.zero_grad()
-        with kernels.use(name):
+        with longcot_kernels.use(name):
             m(ids, labels=torch.roll(ids, -1, 1)).logprobs.sum().backward()
         grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
     assert len(grads[1]) == len(list(m.parameters())) and grads[0].keys() == grads[1].keys()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
+import longcot_kernels
 import model as M
 import sample as S
 
@@ -21,7 +21,7 @@ def cpu_models_use_torch_kernels(request):
     """With a GPU the default backend is "triton", which needs CUDA tensors: the CPU tests (every test not named
     test_cuda_*) run their CPU models on the torch references, as they do on a machine without a GPU."""
     if CUDA and not request.node.name.startswith("test_cuda_"):
-        with kernels.use("torch"):
+        with longcot_kernels.use("torch"):
             yield
     else:
         yield
@@ -179,7 +179,7 @@ def test_triton_backend_sampler_matches_torch(tiny):
     model, tok = tiny
     kw = dict(n=2, temperature=0.7, top_p=0.9, max_new_tokens=5, batch_size=3, seed=4)
     ref = S.generate(model, tok, PROMPTS[:2], **kw)
-    with kernels.use("triton"):
+    with longcot_kernels.use("triton"):
         got = S.generate(model, tok, PROMPTS[:2], **kw)
     for a, b in zip(ref, got):
         for x, y in zip(a, b):
@@ -335,7 +335,7 @@ def tiny_cuda():
 @needs_cuda
 def test_cuda_graph_greedy_equals_naive_loop_with_refill(tiny_cuda):
     model, tok = tiny_cuda
-    assert kernels.backend() == "triton"
+    assert longcot_kernels.backend() == "triton"
     eos = S.stop_ids(model, tok)
     outs = S.generate(model, tok, PROMPTS, n=2, temperature=0.0, max_new_tokens=12, batch_size=3)  # 8 jobs, 3 slots
     assert S.last_stats["setup_s"] > 0  # a CUDA graph was captured and replayed

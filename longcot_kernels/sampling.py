@@ -22,7 +22,7 @@ Parts:
                                                   GPU, else each row split over several (choose_sample_splits)
   sample_split_triton(..., splits)                the split version (end of file): chunks of the vocabulary, the
                                                   same threshold search with its partial masses combined per pass
-Called through `kernels.sample` (kernels/__init__.py). Tested in tests/test_kernels.py, timed in
+Called through `longcot_kernels.sample` (longcot_kernels/__init__.py). Tested in tests/test_kernels.py, timed in
 bench/bench_kernels.py.
 
 How the Triton kernel finds tau without sorting. For p >= 0 the order of fp32 values is the order of their bit

@@ -9,7 +9,7 @@ by the weight (so in bf16 there are two roundings, and we reproduce both).
 Parts:
   rms_norm_ref(x, weight, eps)          plain torch, the definition
   rms_norm_triton(x, weight, eps)       one Triton program per row
-Called through `kernels.rms_norm`, which picks one of them (see kernels/__init__.py).
+Called through `longcot_kernels.rms_norm`, which picks one of them (see longcot_kernels/__init__.py).
 Tested in tests/test_kernels.py, timed in bench/bench_kernels.py.
 
 Memory layout: the wrapper views x as (rows, D). Rows may have any stride; the last dimension must have
@@ -24,7 +24,7 @@ try:
     import triton
     import triton.language as tl
     HAS_TRITON = True
-except ImportError:  # importing `kernels` must work without Triton (then only the reference exists)
+except ImportError:  # importing `longcot_kernels` must work without Triton (then only the reference exists)
     HAS_TRITON = False
 
 MAX_ONE_BLOCK = 8192  # rows up to this width are held in registers at once; wider rows are processed in a loop
@@ -53,7 +53,7 @@ def check_triton_device(*tensors):
     for t in tensors:
         if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("kernels: Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 set before "
-                               f"`import kernels` to run them on the CPU); got a tensor on {t.device}")
+                               f"`import longcot_kernels` to run them on the CPU); got a tensor on {t.device}")
 
 
 if HAS_TRITON:

@@ -15,7 +15,7 @@ Parts:
   apply_rope_ref(q, k, positions, cos_table, sin_table)      plain torch
   apply_rope_triton(...)                                      one Triton program per (b, t) token: it loads
                                                               cos/sin once and rotates all q and k heads
-Called through `kernels.apply_rope` (kernels/__init__.py). Tested in tests/test_kernels.py, timed in
+Called through `longcot_kernels.apply_rope` (longcot_kernels/__init__.py). Tested in tests/test_kernels.py, timed in
 bench/bench_kernels.py.
 
 Memory layout: q, k and positions may have any strides (passed to the kernel; q/k often are views of a fused

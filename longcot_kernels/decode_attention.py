@@ -9,8 +9,8 @@ lengths[b] - 1. A row with length 0 returns zeros (not NaN).
 Parts:
   decode_attention_ref(q, k_cache, v_cache, lengths, scale)     plain torch, the definition
   decode_attention_triton(...)                                   split-KV ("flash-decoding") Triton kernels
-Called through `kernels.decode_attention` (kernels/__init__.py). Tested in tests/test_kernels.py, timed in
-bench/bench_kernels.py.
+Called through `longcot_kernels.decode_attention` (longcot_kernels/__init__.py). Tested in
+tests/test_kernels.py, timed in bench/bench_kernels.py.
 
 Why split-KV. In decode there is one query per (row, head), so the work is reading the cache: for Qwen2.5-7B
 with a 16K cache that is 16K * 4 kv heads * 128 * 2 (K and V) * 2 bytes = 33 MB per layer, and the speed
