@@ -1,4 +1,4 @@
-"""Data: problem sets, prompt formatting, the classroom task, rejection-sampling distillation.
+"""Data: problem sets, JSONL input/output, prompt formatting, the classroom task.
 
 What it does
 ------------
@@ -14,17 +14,15 @@ What it does
    followed by "Wait, recheck:" and its correction) and a short chain of thought (each column's result, then
    the answer), small enough for a ~1M-parameter
    character-level model trained on a laptop CPU.
-4. Builds an SFT set by rejection sampling (`distill`): sample N responses per prompt from a teacher, keep the
-   ones the verifier accepts. This is how the paper builds its long-CoT (QwQ-32B-Preview) and short-CoT
-   (Qwen2.5-Math-72B-Instruct) SFT sets.
+
+Making data from a model (rejection sampling, action prompting, answer extraction and filtering) is distill.py's:
+data.py never imports the sampler.
 
 How to run
 ----------
     python data.py classroom --n 2000 --seed 0 --cot long --out classroom_long.jsonl
     python data.py classroom --n 500 --seed 0 --split test --out classroom_test.jsonl
     python data.py download all                       # fetch the five benchmarks into ./data (needs internet)
-    python data.py distill --teacher Qwen/QwQ-32B-Preview --prompts math_train --n 32 \\
-        --temperature 0.7 --top-p 0.95 --max-new-tokens 16384 --out sft_long.jsonl
 
 Where it departs from the paper
 -------------------------------
@@ -32,8 +30,6 @@ Where it departs from the paper
 - MATH train is the 7,500-problem MATH train split (2 unusable rows dropped), not PRM800K's 12k split.
 - The classroom task does not exist in the paper: it is a toy, verifiable task so the whole SFT -> PPO
   pipeline can be run and inspected on a CPU in minutes.
-- Distillation keeps at most `--max-per-prompt` (default 1) accepted responses per prompt and never keeps a
-  response cut off by the token limit, even when its text happens to verify.
 """
 from __future__ import annotations
 
@@ -74,22 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("names", nargs="+", help="benchmark names, or 'all'")
     d.add_argument("--dest", default=str(REPO / "data"), help="folder the JSONL files are written to")
 
-    s = sub.add_parser("distill", help="rejection-sample an SFT set from a teacher model",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--teacher", required=True, help="model name or path passed to model.load")
-    s.add_argument("--prompts", default="math_train", help="benchmark name or a JSONL file with problem/answer")
-    s.add_argument("--n", type=int, default=32, help="samples per prompt; the paper uses 32..256")
-    s.add_argument("--temperature", type=float, default=0.7, help="the paper's sampling temperature")
-    s.add_argument("--top-p", type=float, default=0.95, help="the paper's nucleus threshold")
-    s.add_argument("--max-new-tokens", type=int, default=16384, help="long-CoT traces need a large budget")
-    s.add_argument("--max-per-prompt", type=int, default=1,
-                   help="keep at most k accepted responses per prompt; 1 keeps the prompt mix of the source "
-                        "instead of over-weighting easy prompts, which pass most often")
-    s.add_argument("--limit", type=int, default=None, help="use only the first K prompts (smoke tests)")
-    s.add_argument("--batch-prompts", type=int, default=8, help="prompts per generate call; results stream to disk")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed; batch i uses seed + i")
-    s.add_argument("--out", default="sft_long.jsonl", help="output SFT JSONL (id, problem, answer, prompt, response, n_tokens)")
-    s.add_argument("--stats", default=None, help="statistics JSON; default: <out>.stats.json")
     return p
 
 
@@ -631,126 +611,13 @@ def sft_rows(rows: Iterable[dict], cot: str = "long", tokenizer=None) -> list[di
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Rejection-sampling distillation
-# ----------------------------------------------------------------------------------------------------------
-
-def pass_rate_histogram(n_accepted: Sequence[int], n: int) -> dict[str, int]:
-    """Prompts per pass-rate bin: '0' (none accepted), then tenths '(0.0,0.1]' ... '(0.9,1.0]'."""
-    hist = {"0": 0} | {f"({k / 10:.1f},{(k + 1) / 10:.1f}]": 0 for k in range(10)}
-    keys = list(hist)
-    for c in n_accepted:
-        # bin k holds pass rates in (k/10, (k+1)/10]: k = ceil(10c/n) - 1, in integers
-        hist[keys[0 if c == 0 else (10 * c + n - 1) // n]] += 1
-    return hist
-
-
-def distill_stats(n_accepted: Sequence[int], n: int, kept_tokens: Sequence[int], n_truncated: int) -> dict:
-    """Summary of a distillation run from per-prompt accepted counts and the kept responses' token lengths."""
-    prompts = len(n_accepted)
-    return {
-        "prompts": prompts, "samples_per_prompt": n, "samples": prompts * n,
-        "accepted": int(sum(n_accepted)), "truncated": n_truncated,
-        "mean_pass_rate": sum(n_accepted) / (prompts * n) if prompts else 0.0,
-        "prompts_with_kept": sum(c > 0 for c in n_accepted),
-        "kept": len(kept_tokens),
-        "mean_kept_tokens": sum(kept_tokens) / len(kept_tokens) if kept_tokens else 0.0,
-        "pass_rate_hist": pass_rate_histogram(n_accepted, n),
-    }
-
-
-def distill(generate_fn: Callable[[list[str], int], list[list]], rows: Sequence[dict], n: int, *,
-            tokenizer=None, max_per_prompt: int = 1, grade_fn: Callable | None = None, batch_prompts: int = 8,
-            sink: Callable[[list[dict]], None] | None = None, done: Sequence[dict] = (),
-            on_batch: Callable[[dict], None] | None = None) -> tuple[list[dict], dict]:
-    """Sample n responses per problem, keep at most max_per_prompt that the verifier accepts.
-
-    generate_fn(prompts, n) -> per prompt a list of n samples with .text, .token_ids, .finish_reason.
-    grade_fn(texts, golds, kinds) -> per text a bool or an object with .correct (default verify.grade_batch).
-    A sample is accepted when it verifies and ended with EOS (a truncated trace would teach the student to
-    stop mid-thought). Accepted samples are kept in sampling order, not by length, so the kept set is not
-    biased towards short answers. sink, if given, receives each batch's kept rows (to stream them to disk).
-    Returns (kept rows {id, problem, answer, prompt, response, n_tokens}, statistics as in distill_stats);
-    n_tokens is len(sample.token_ids), which counts the EOS token (sample.py includes it).
-    Resuming (the CLI's OUT.partial): on_batch, if given, receives after each batch its record {"start": index of
-    its first prompt, "n_accepted": per prompt, "n_truncated", "kept": its kept rows}; done holds such records of
-    an earlier, interrupted call (in order): their prompts are skipped and their results counted.
-    """
-    if n < 1 or max_per_prompt < 1 or batch_prompts < 1:
-        raise ValueError(f"n, max_per_prompt and batch_prompts must be >= 1, got {n}, {max_per_prompt}, "
-                         f"{batch_prompts}")
-    if grade_fn is None:
-        import verify
-        grade_fn = verify.grade_batch
-    kept, n_accepted, kept_tokens, n_truncated = [], [], [], 0
-    for rec in done:  # batches finished by an earlier call
-        kept += rec["kept"]
-        n_accepted += rec["n_accepted"]
-        kept_tokens += [r["n_tokens"] for r in rec["kept"]]
-        n_truncated += rec["n_truncated"]
-    for start in range(len(n_accepted), len(rows), batch_prompts):
-        batch = rows[start:start + batch_prompts]
-        prompts = [format_prompt(r["problem"], tokenizer, r.get("options")) for r in batch]
-        samples = generate_fn(prompts, n)
-        if len(samples) != len(batch) or any(len(s) != n for s in samples):
-            raise ValueError(f"generate_fn returned {[len(s) for s in samples]} samples for {len(batch)} "
-                             f"prompts, expected {n} each")
-        flat = [s for per_prompt in samples for s in per_prompt]
-        golds = [r["answer"] for r in batch for _ in range(n)]
-        kinds = [r.get("kind", "math") for r in batch for _ in range(n)]
-        # verify.grade_batch returns Grade tuples (always truthy): read .correct where there is one
-        ok = [bool(getattr(g, "correct", g)) for g in grade_fn([s.text for s in flat], golds, kinds)]
-        batch_kept, truncated_before = [], n_truncated
-        for j, (row, prompt) in enumerate(zip(batch, prompts)):
-            accepted = 0
-            for s, good in zip(samples[j], ok[j * n:(j + 1) * n]):
-                n_truncated += s.finish_reason == "length"
-                if not good or s.finish_reason != "eos":
-                    continue
-                accepted += 1
-                if accepted <= max_per_prompt:
-                    batch_kept.append({"id": row.get("id", str(start + j)), "problem": row["problem"],
-                                       "answer": row["answer"], "prompt": prompt, "response": s.text,
-                                       "n_tokens": len(s.token_ids)})
-                    kept_tokens.append(len(s.token_ids))
-            n_accepted.append(accepted)
-        kept += batch_kept
-        if sink is not None:
-            sink(batch_kept)
-        if on_batch is not None:
-            on_batch({"start": start, "n_accepted": n_accepted[-len(batch):], "n_truncated": n_truncated - truncated_before,
-                      "kept": batch_kept})
-    return kept, distill_stats(n_accepted, n, kept_tokens, n_truncated)
-
-
-def print_stats(stats: dict, file=None) -> None:
-    """Human-readable distillation summary with a text histogram of per-prompt pass rates."""
-    file = file or sys.stdout
-    print(f"prompts {stats['prompts']}, samples {stats['samples']}, accepted {stats['accepted']} "
-          f"(mean pass rate {stats['mean_pass_rate']:.3f}), truncated {stats['truncated']}", file=file)
-    print(f"kept {stats['kept']} responses for {stats['prompts_with_kept']} prompts, "
-          f"mean {stats['mean_kept_tokens']:.1f} tokens", file=file)
-    top = max(stats["pass_rate_hist"].values(), default=0) or 1
-    for k, v in stats["pass_rate_hist"].items():
-        print(f"  pass rate {k:>10} {v:6d} {'#' * round(40 * v / top)}", file=file)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------
 
-def _load_prompts(spec: str) -> list[dict]:
-    if spec in BENCHMARKS:
-        return load_benchmark(spec)
-    rows = load_jsonl(spec)
-    for r in rows:
-        r.setdefault("kind", "choice" if "options" in r else "math")
-    return rows
-
-
 def check_args(args) -> list[dict]:
     """Every flag of the sub-command, before any work or output (an existing --out is left untouched):
-    `error: --flag: got X, expected Y`, exit status 2. Returns distill's prompt rows (else [])."""
-    from dist import arg_error, check_writable, require as req
+    `error: --flag: got X, expected Y`, exit status 2. Returns [] (main's rows start empty)."""
+    from dist import check_writable, require as req
     if args.cmd == "classroom":
         req(args.n >= 1, "--n", args.n, "an integer >= 1")
         ops = [o.strip() for o in args.ops.split(",")]
@@ -767,51 +634,6 @@ def check_args(args) -> list[dict]:
             req(name in BENCHMARKS or args.names == ["all"], "names", name, f"'all' or some of {', '.join(BENCHMARKS)}")
         check_writable("--dest", args.dest)
         return []
-    req(args.n >= 1, "--n", args.n, "an integer >= 1 (samples per prompt)")
-    req(args.temperature >= 0, "--temperature", args.temperature, ">= 0 (0: greedy)")
-    req(0 < args.top_p <= 1, "--top-p", args.top_p, "a number in (0, 1]")
-    req(args.max_new_tokens >= 1, "--max-new-tokens", args.max_new_tokens, "an integer >= 1")
-    req(args.max_per_prompt >= 1, "--max-per-prompt", args.max_per_prompt, "an integer >= 1")
-    req(args.limit is None or args.limit >= 1, "--limit", args.limit, "an integer >= 1")
-    req(args.batch_prompts >= 1, "--batch-prompts", args.batch_prompts, "an integer >= 1")
-    try:
-        rows = _load_prompts(args.prompts)[:args.limit]
-    except DataError as e:
-        arg_error("--prompts", str(e))
-    req(rows, "--prompts", args.prompts, "a non-empty problem set")
-    check_writable("--out", args.out, folder=False)
-    check_writable("--stats", args.stats or f"{args.out}.stats.json", folder=False)
-    return rows
-
-
-# the distill flags that shape its output: an interrupted distillation resumes only with the same values
-DISTILL_KEYS = ("teacher", "prompts", "n", "temperature", "top_p", "max_new_tokens", "max_per_prompt", "limit",
-                "batch_prompts", "seed")
-
-
-def distill_progress(path: str, header: dict) -> list[dict]:
-    """The batches an interrupted `data.py distill` finished: OUT.partial is JSONL, a header line {"distill":
-    the DISTILL_KEYS values} then one record per finished batch (distill's on_batch). Creates the file when
-    absent; refuses (exit 2) one made with other arguments; drops a torn last line (killed mid-write)."""
-    import dist
-    if not os.path.exists(path):
-        dist.write_atomic(path, json.dumps(header) + "\n")
-        return []
-    try:
-        rows, torn = dist.read_log(path)
-    except ValueError as e:
-        dist.arg_error("--out", f"{e}: delete {path} to start the distillation over")
-    if not rows or not isinstance(rows[0], dict) or rows[0].keys() != header.keys():
-        dist.arg_error("--out", f"{path}: not a distillation progress file (no header line): delete it to start over")
-    if rows[0] != header:
-        diff = "; ".join(f"--{k.replace('_', '-')}: {rows[0]['distill'].get(k)!r} -> {v!r}"
-                         for k, v in header["distill"].items() if rows[0]["distill"].get(k) != v)
-        dist.arg_error("--out", f"{path} holds an unfinished distillation made with other arguments ({diff}): run "
-                                f"it again with those to resume it, or delete {path} to start over")
-    if torn is not None:
-        print(f"{path}: dropped a torn last line (killed while writing it)", flush=True)
-        dist.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return rows[1:]
 
 
 def main(argv=None) -> None:
@@ -828,40 +650,6 @@ def main(argv=None) -> None:
         names = list(BENCHMARKS) if args.names == ["all"] else args.names
         for name in names:
             print(f"wrote {download_benchmark(name, args.dest)}")
-    elif args.cmd == "distill":
-        import dist
-        # Crash-safe: each finished batch is appended to OUT.partial (fsync'd); a run stopped at any point resumes
-        # there with the same arguments, and --out is replaced (atomically) only when every prompt is done.
-        partial = f"{args.out}.partial"
-        done = distill_progress(partial, {"distill": {k: getattr(args, k) for k in DISTILL_KEYS}})
-        if done:
-            print(f"{partial}: resuming after {sum(len(r['n_accepted']) for r in done)} of {len(rows)} prompts")
-        import model as model_lib  # imported only when distilling
-        import sample as sample_lib
-        teacher, tokenizer = model_lib.load(args.teacher)
-        calls = len(done)  # batch i samples with seed + i, resumed or not
-
-        def generate(prompts: list[str], n: int):
-            nonlocal calls
-            calls += 1
-            return sample_lib.generate(teacher, tokenizer, prompts, n=n, temperature=args.temperature,
-                                       top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                                       seed=args.seed + calls - 1, progress=True)
-
-        with open(partial, "a", encoding="utf-8") as f:
-            def on_batch(record):
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            kept, stats = distill(generate, rows, args.n, tokenizer=tokenizer, max_per_prompt=args.max_per_prompt,
-                                  batch_prompts=args.batch_prompts, done=done, on_batch=on_batch)
-        stats |= {"teacher": args.teacher, "prompts_source": args.prompts, "temperature": args.temperature,
-                  "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}
-        write_jsonl(args.out, kept)  # atomic
-        dist.write_atomic(args.stats or f"{args.out}.stats.json", json.dumps(stats, indent=2) + "\n")
-        os.remove(partial)  # last: a crash before this only makes the next run rewrite the same files
-        print_stats(stats)
-        print(f"wrote {stats['kept']} rows to {args.out}")
 
 
 if __name__ == "__main__":

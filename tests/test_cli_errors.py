@@ -1,7 +1,7 @@
 """Bad command-line input is refused before any work, by every CLI (issue 15): one line `error: --flag: ...` on
 stderr, exit status 2, no traceback, no model loaded, within seconds. Also: a resume with changed arguments is
-refused (and accepted, recorded, with --allow-changed-args), and `data.py distill` checks its arguments before
-touching an existing --out and resumes an interrupted distillation.
+refused (and accepted, recorded, with --allow-changed-args). distill.py's resume and its checks before an existing
+--out is touched are tested in test_distill.py.
 
 The table runs each script's main() in this process (a subprocess per row would cost ~2 s of imports each);
 `test_scripts_refuse_bad_input_as_processes` runs one row per script as a real process, in parallel."""
@@ -10,13 +10,13 @@ import os
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
 
 import data
 import dist
+import distill
 import eval as E
 import model as M
 import ppo
@@ -27,20 +27,24 @@ import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = {"sample.py": sample.main, "sft.py": sft.main, "ppo.py": ppo.main, "eval.py": E.main, "data.py": data.main,
-        "reward.py": reward.main, "verify.py": verify.main}
+        "reward.py": reward.main, "verify.py": verify.main, "distill.py": distill.main}
 
 
 @pytest.fixture
 def files(tmp_path):
-    """Input files in tmp_path: good prompts, an empty file, a non-UTF-8 file (line 2), 3 prompts, an SFT set;
-    and `blocked`, a path below a plain file (its folder cannot be created)."""
+    """Input files in tmp_path: good prompts, an empty file, a non-UTF-8 file (line 2), 3 prompts, an SFT set,
+    prompts whose line 2 has no answer, web rows whose line 2 has a number for a question; and `blocked`, a path
+    below a plain file (its folder cannot be created)."""
     rows = [{"problem": f"{i}+1", "answer": str(i + 1)} for i in range(3)]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "empty.jsonl").write_text("\n")
     (tmp_path / "latin1.jsonl").write_bytes(b'{"problem": "1+1", "answer": "2"}\n{"problem": "caf\xe9", "answer": "2"}\n')
     (tmp_path / "sft.jsonl").write_text(json.dumps({"prompt": "1+1=", "response": "2"}) + "\n")
     (tmp_path / "file").write_text("x")
-    return {"p": str(tmp_path / "p.jsonl"), "empty": str(tmp_path / "empty.jsonl"), "tmp": str(tmp_path),
+    (tmp_path / "noanswer.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "2+2"}\n')
+    (tmp_path / "web_int.jsonl").write_text('{"question": "q", "answer": "a"}\n{"question": 7, "answer": "a"}\n')
+    return {"noanswer": str(tmp_path / "noanswer.jsonl"), "web_int": str(tmp_path / "web_int.jsonl"),
+            "p": str(tmp_path / "p.jsonl"), "empty": str(tmp_path / "empty.jsonl"), "tmp": str(tmp_path),
             "latin1": str(tmp_path / "latin1.jsonl"), "sft": str(tmp_path / "sft.jsonl"),
             "blocked": str(tmp_path / "file" / "sub"), "missing": str(tmp_path / "missing.jsonl")}
 
@@ -103,9 +107,35 @@ CASES = [
     ("eval.py", "--benchmarks classroom --max-digits 2", "--max-digits", "--digits (3)..18"),
     ("eval.py", "--benchmarks classroom --out {blocked}", "--out", "can be created and written"),
     ("eval.py", "--plot {tmp}", "--plot", "metrics.jsonl"),
-    ("data.py", "distill --teacher tiny --prompts {p} --n 0 --out {tmp}/d.jsonl", "--n", "got 0"),
-    ("data.py", "distill --teacher tiny --prompts {latin1} --out {tmp}/d.jsonl", "--prompts", "latin1.jsonl:2"),
-    ("data.py", "distill --teacher tiny --prompts {p} --top-p 0 --out {tmp}/d.jsonl", "--top-p", "(0, 1]"),
+    ("distill.py", "reject --teacher tiny --prompts {p} --n 0 --out {tmp}/d.jsonl", "--n-samples", "got 0"),
+    ("distill.py", "reject --teacher tiny --prompts {latin1} --out {tmp}/d.jsonl", "--prompts",
+     "latin1.jsonl:2: not UTF-8"),
+    ("distill.py", "reject --teacher tiny --prompts {p} --top-p 0 --out {tmp}/d.jsonl", "--top-p", "(0, 1]"),
+    ("distill.py", "reject --teacher tiny --prompts {empty} --out {tmp}/d.jsonl", "--prompts", "non-empty"),
+    ("distill.py", "reject --teacher tiny --prompts {noanswer} --out {tmp}/d.jsonl", "--prompts",
+     "noanswer.jsonl:2: missing required key 'answer'"),
+    ("distill.py", "construct --model tiny --prompts {noanswer} --out {tmp}/d.jsonl", "--prompts",
+     "noanswer.jsonl:2: missing required key 'answer'"),
+    ("distill.py", "construct --model tiny --prompts {latin1} --out {tmp}/d.jsonl", "--prompts", "latin1.jsonl:2"),
+    ("distill.py", "construct --model tiny --prompts {empty} --out {tmp}/d.jsonl", "--prompts",
+     "a non-empty problem set"),
+    ("distill.py", "construct --model tiny --prompts {p} --max-actions 1 --out {tmp}/d.jsonl", "--max-actions",
+     "got 1"),
+    ("distill.py", "construct --model tiny --prompts {p} --action-tokens 0 --out {tmp}/d.jsonl", "--action-tokens",
+     "got 0"),
+    ("distill.py", "extract --model tiny --data {p} --out {tmp}/d.jsonl", "--data",
+     "p.jsonl:1: missing required key 'solution'"),
+    ("distill.py", "extract --model tiny --data {latin1} --solution-key answer --out {tmp}/d.jsonl", "--data",
+     "latin1.jsonl:2: not UTF-8"),
+    ("distill.py", "extract --model tiny --data {empty} --out {tmp}/d.jsonl", "--data", "a non-empty file"),
+    ("distill.py", "extract --model tiny --data {web_int} --question-key question --solution-key answer "
+     "--out {tmp}/d.jsonl", "--data", "web_int.jsonl:2: key 'question' should be str, got int"),
+    ("distill.py", "filter --teacher tiny --prompts {missing} --out {tmp}/d.jsonl", "--prompts",
+     "missing.jsonl: file not found"),
+    ("distill.py", "filter --teacher tiny --prompts {noanswer} --out {tmp}/d.jsonl", "--prompts", "noanswer.jsonl:2"),
+    ("distill.py", "filter --teacher tiny --prompts {p} --out {p}", "--out", "a file other than the input"),
+    ("distill.py", "filter --teacher tiny --prompts {p} --out {tmp}/d.jsonl --sft-out {blocked}/s.jsonl",
+     "--sft-out", "can be written"),
     ("data.py", "classroom --n 0 --out {tmp}/c.jsonl", "--n", "got 0"),
     ("data.py", "classroom --ops div --out {tmp}/c.jsonl", "--ops", "got div"),
     ("data.py", "classroom --digits 4 --max-digits 2 --out {tmp}/c.jsonl", "--max-digits", "--digits (4)..18"),
@@ -132,7 +162,8 @@ def test_bad_input_is_refused_up_front(script, argv, flag, phrase, files, no_mod
 def test_scripts_refuse_bad_input_as_processes(tmp_path):
     """The scripts' `__main__` paths as real processes (all at once; the other scripts share ppo.py's): exit 2, one
     line, no traceback, nothing written."""
-    runs = [("--prompts", ["ppo.py", "--prompts", "missing.jsonl"]), ("--n", ["data.py", "distill", "--teacher", "tiny", "--n", "0"]),
+    runs = [("--prompts", ["ppo.py", "--prompts", "missing.jsonl"]),
+            ("--n-samples", ["distill.py", "reject", "--teacher", "tiny", "--n", "0"]),
             ("--rows", ["reward.py", "--rows", "0"]), ("--kind", ["verify.py", "--kind", "nope"])]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.time()
@@ -198,62 +229,6 @@ def test_ppo_resume_with_changed_arguments_is_refused(tmp_path, monkeypatch, cap
     saved = json.loads((out / "args.json").read_text())
     assert saved["iterations"] == 40 and saved["start"] == str(sft_out / "checkpoint-1")
     assert saved["args_changes"] == [{"iterations": {"saved": 20, "new": 40}, "kl_coef": {"saved": 0.01, "new": 0.05}}]
-
-
-# ---- data.py distill: arguments checked before --out is touched; an interrupted distillation resumes ----------
-Sample = types.SimpleNamespace
-
-
-def fake_teacher(monkeypatch, seeds, stop_at=None):
-    """model.load / sample.generate / verify.grade_batch stand-ins: prompt i's samples answer i+1 on odd seeds
-    only; generate raises KeyboardInterrupt at call `stop_at` (an interruption, after earlier batches finished)."""
-    def generate(model, tok, prompts, n, temperature, top_p, max_new_tokens, seed, progress):
-        if len(seeds) + 1 == stop_at:
-            raise KeyboardInterrupt
-        seeds.append(seed)
-        return [[Sample(text=f"\\boxed{{{int(p.split('+')[0]) + 1 if seed % 2 else 0}}}", token_ids=[1, 2],
-                        finish_reason="eos") for _ in range(n)] for p in prompts]
-    grade = lambda texts, golds, kinds: [t == f"\\boxed{{{g}}}" for t, g in zip(texts, golds)]  # noqa: E731
-    monkeypatch.setitem(sys.modules, "model", types.SimpleNamespace(load=lambda name: ("teacher", None)))
-    monkeypatch.setitem(sys.modules, "sample", types.SimpleNamespace(generate=generate))
-    monkeypatch.setitem(sys.modules, "verify", types.SimpleNamespace(grade_batch=grade))
-
-
-def test_distill_checks_arguments_before_touching_an_existing_out(tmp_path, files, monkeypatch, capsys):
-    out = tmp_path / "sft.jsonl"
-    out.write_text("precious\n")
-    fake_teacher(monkeypatch, seeds := [])
-    for bad in (["--n", "0"], ["--prompts", files["missing"]], ["--batch-prompts", "0"], ["--limit", "0"]):
-        with pytest.raises(SystemExit) as e:
-            data.main(["distill", "--teacher", "T", "--prompts", files["p"], "--out", str(out)] + bad)
-        assert e.value.code == 2 and out.read_text() == "precious\n" and seeds == []
-    assert sorted(os.listdir(tmp_path)) == ["empty.jsonl", "file", "latin1.jsonl", "p.jsonl", "sft.jsonl"]
-
-
-def test_distill_resumes_after_an_interruption(tmp_path, files, monkeypatch, capsys):
-    argv = ["distill", "--teacher", "T", "--prompts", files["p"], "--n", "2", "--batch-prompts", "1", "--seed", "5"]
-    fake_teacher(monkeypatch, seeds := [])
-    data.main(argv + ["--out", str(tmp_path / "ref.jsonl")])  # uninterrupted: the reference
-    assert seeds == [5, 6, 7]
-    out = tmp_path / "sft.jsonl"
-    out.write_text("old\n")
-    fake_teacher(monkeypatch, seeds := [], stop_at=3)
-    with pytest.raises(KeyboardInterrupt):  # stopped in the third batch
-        data.main(argv + ["--out", str(out)])
-    assert out.read_text() == "old\n" and len(Path(f"{out}.partial").read_text().splitlines()) == 3  # header + 2
-    with open(f"{out}.partial", "a") as f:
-        f.write('{"start": 2, "n_acc')  # killed in the middle of a line
-    with pytest.raises(SystemExit) as e:  # other arguments: refused, nothing touched
-        data.main(argv[:-1] + ["6", "--out", str(out)])
-    assert e.value.code == 2 and "--seed: 5 -> 6" in capsys.readouterr().err and out.read_text() == "old\n"
-    fake_teacher(monkeypatch, seeds := [])
-    data.main(argv + ["--out", str(out)])
-    assert seeds == [7]  # only the unfinished prompt, with the seed it would have had
-    assert "resuming after 2 of 3 prompts" in capsys.readouterr().out
-    assert out.read_text() == (tmp_path / "ref.jsonl").read_text() != ""
-    ref_stats = json.loads(Path(f"{tmp_path / 'ref.jsonl'}.stats.json").read_text())
-    assert json.loads(Path(f"{out}.stats.json").read_text()) == ref_stats and ref_stats["kept"] == 2
-    assert not os.path.exists(f"{out}.partial")
 
 
 # ---- tests that need ../shared/data -----------------------------------------------------------------------------

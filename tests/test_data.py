@@ -1,12 +1,11 @@
-"""Tests for data.py: loaders and their errors, source conversions, prompts, the classroom task, distillation."""
+"""Tests for data.py: loaders and their errors, source conversions, prompts, the classroom task (the
+distillation tests moved with the code to tests/test_distill.py)."""
 import hashlib
 import io
 import json
 import re
 import sys
 import tarfile
-import types
-from collections import namedtuple
 from pathlib import Path
 
 import pytest
@@ -452,99 +451,3 @@ def test_sft_rows_and_the_cli(tmp_path):
     out = tmp_path / "c.jsonl"
     data.main(["classroom", "--n", "5", "--seed", "0", "--cot", "long", "--out", str(out)])
     assert data.load_jsonl(out, required=("prompt", "response")) == long
-
-
-# ---------------------------------------------------------------------------------------------------------
-# rejection-sampling distillation
-# ---------------------------------------------------------------------------------------------------------
-
-Sample = namedtuple("Sample", "text token_ids finish_reason")
-Grade = namedtuple("Grade", "correct reason extracted")
-
-
-def S(text, finish="eos"):
-    return Sample(text, list(range(len(text))), finish)
-
-
-PROBLEMS = [{"id": "a", "problem": "1+1", "answer": "2"}, {"id": "b", "problem": "2+2", "answer": "4"},
-            {"id": "c", "problem": "3+3", "answer": "6"}]
-SAMPLES = {  # prompt -> 4 samples: correct ones end with the right box
-    "1+1": [S("x \\boxed{3}"), S("long \\boxed{2}"), S("\\boxed{2}"), S("yy \\boxed{2}")],
-    "2+2": [S("\\boxed{5}"), S("cut \\boxed{4}", "length"), S("no answer", "length"), S("\\boxed{1}")],
-    "3+3": [S("six \\boxed{6}"), S("\\boxed{7}"), S("\\boxed{9}"), S("\\boxed{8}")],
-}
-
-
-def fake_generate(calls):
-    def generate(prompts, n):
-        calls.append(list(prompts))
-        return [SAMPLES[p.split("\n")[0]][:n] for p in prompts]
-    return generate
-
-
-def exact_grader(texts, golds, kinds):
-    assert set(kinds) == {"math"}
-    return [Grade(boxed(t) == g, "", boxed(t)) for t, g in zip(texts, golds)]  # truthy tuples: .correct counts
-
-
-def test_distill_keeps_exactly_the_verified_finished_samples():
-    calls, batches = [], []
-    kept, stats = data.distill(fake_generate(calls), PROBLEMS, 4, max_per_prompt=2, grade_fn=exact_grader,
-                               batch_prompts=2, sink=batches.append)
-    assert calls == [[data.format_prompt("1+1"), data.format_prompt("2+2")], [data.format_prompt("3+3")]]
-    assert [(r["id"], r["response"]) for r in kept] == [("a", "long \\boxed{2}"), ("a", "\\boxed{2}"),
-                                                        ("c", "six \\boxed{6}")]
-    assert kept[0] == {"id": "a", "problem": "1+1", "answer": "2", "prompt": "1+1\nAnswer in \\boxed{}.\n",
-                       "response": "long \\boxed{2}", "n_tokens": 14}
-    assert batches == [kept[:2], kept[2:]]
-    hist = {k: 0 for k in data.pass_rate_histogram([], 4)}
-    hist.update({"0": 1, "(0.2,0.3]": 1, "(0.7,0.8]": 1})
-    assert stats == {"prompts": 3, "samples_per_prompt": 4, "samples": 12, "accepted": 4, "truncated": 2,
-                     "mean_pass_rate": 4 / 12, "prompts_with_kept": 2, "kept": 3, "mean_kept_tokens": (14 + 9 + 13) / 3,
-                     "pass_rate_hist": hist}
-    kept1, stats1 = data.distill(fake_generate([]), PROBLEMS, 4, grade_fn=exact_grader)
-    assert [r["response"] for r in kept1] == ["long \\boxed{2}", "six \\boxed{6}"] and stats1["kept"] == 2
-    assert stats1["accepted"] == 4 and stats1["mean_kept_tokens"] == 13.5
-
-
-def test_distill_with_the_real_verifier():
-    verify = pytest.importorskip("verify")
-    kept, stats = data.distill(fake_generate([]), PROBLEMS, 4, grade_fn=lambda t, g, k: verify.grade_batch(t, g, k, workers=1))
-    assert [r["response"] for r in kept] == ["long \\boxed{2}", "six \\boxed{6}"] and stats["accepted"] == 4
-
-
-def test_distill_rejects_a_wrong_number_of_samples():
-    with pytest.raises(ValueError, match="expected 4 each"):
-        data.distill(lambda prompts, n: [[S("a")] * 3 for _ in prompts], PROBLEMS, 4, grade_fn=exact_grader)
-    with pytest.raises(ValueError, match=">= 1"):
-        data.distill(fake_generate([]), PROBLEMS, 0, grade_fn=exact_grader)
-
-
-def test_pass_rate_histogram_bins():
-    hist = data.pass_rate_histogram([0, 1, 2, 4, 4, 3, 0], 4)
-    assert list(hist)[:3] == ["0", "(0.0,0.1]", "(0.1,0.2]"] and list(hist)[-1] == "(0.9,1.0]" and len(hist) == 11
-    assert {k: v for k, v in hist.items() if v} == {"0": 2, "(0.2,0.3]": 1, "(0.4,0.5]": 1, "(0.7,0.8]": 1,
-                                                    "(0.9,1.0]": 2}
-    assert {k: v for k, v in data.pass_rate_histogram([1, 10], 10).items() if v} == {"(0.0,0.1]": 1, "(0.9,1.0]": 1}
-
-
-def test_distill_cli_wires_model_sample_and_verify(tmp_path, monkeypatch, capsys):
-    seen = {}
-
-    def generate(model, tok, prompts, n, temperature, top_p, max_new_tokens, seed, progress):
-        seen.setdefault("seeds", []).append(seed)
-        seen["args"] = (model, tok, n, temperature, top_p, max_new_tokens, progress)
-        return [SAMPLES[p.split("\n")[0]][:n] for p in prompts]
-
-    monkeypatch.setitem(sys.modules, "model", types.SimpleNamespace(load=lambda name: (f"M:{name}", None)))
-    monkeypatch.setitem(sys.modules, "sample", types.SimpleNamespace(generate=generate))
-    monkeypatch.setitem(sys.modules, "verify", types.SimpleNamespace(grade_batch=exact_grader))
-    prompts = write(tmp_path / "p.jsonl", "".join(json.dumps(r) + "\n" for r in PROBLEMS))
-    out = tmp_path / "sft.jsonl"
-    data.main(["distill", "--teacher", "T", "--prompts", str(prompts), "--n", "4", "--batch-prompts", "1",
-               "--limit", "2", "--seed", "5", "--temperature", "0.6", "--out", str(out)])
-    assert seen == {"seeds": [5, 6], "args": ("M:T", None, 4, 0.6, 0.95, 16384, True)}
-    assert [r["response"] for r in data.load_jsonl(out, required=("prompt", "response"))] == ["long \\boxed{2}"]
-    stats = json.loads(Path(f"{out}.stats.json").read_text())
-    assert stats["prompts"] == 2 and stats["kept"] == 1 and stats["teacher"] == "T"
-    assert "kept 1 responses for 1 prompts" in capsys.readouterr().out

@@ -64,6 +64,7 @@ def test_every_script_flag_has_a_spelling_torchrun_passes_on(monkeypatch):
     import argparse
 
     from torch.distributed.run import get_args_parser
+    import distill
     import eval as E
     import ppo
     import sample
@@ -79,11 +80,14 @@ def test_every_script_flag_has_a_spelling_torchrun_passes_on(monkeypatch):
         with pytest.raises(SystemExit):
             parse([])
     assert len(parsers) == 4
+    subs = [a for a in distill.build_parser()._actions if isinstance(a, argparse._SubParsersAction)][0]
+    parsers += list(subs.choices.values())  # distill.py's sub-commands: reject, construct, extract, filter
+    assert len(parsers) == 8
     bad = [(p.prog, a.option_strings) for p in parsers for a in p._actions
            if a.option_strings and "--help" not in a.option_strings
            and all(any(t.startswith(s) for t in theirs) for s in a.option_strings)]
     assert not bad, f"flags torchrun would take for its own: {bad}"
-    assert any(a.option_strings == ["--n", "--n-samples"] for p in parsers for a in p._actions)  # the test can fail
+    assert sum(a.option_strings == ["--n", "--n-samples"] for p in parsers for a in p._actions) == 5  # it can fail
 
 
 def test_decode_copy_is_built_in_bf16_strictly_one_parameter_at_a_time(monkeypatch):
