@@ -599,8 +599,8 @@ def test_judge_grades_the_rollout(sft_start, tmp_path, monkeypatch):
     wait = sum(E_word(x, "wait") for x in got["texts"]) / 8
     assert wait >= 1.0 and row["keywords/wait"] == pytest.approx(wait)  # 2 per augmented response, half of them
     assert row["keywords/however"] == pytest.approx(sum(E_word(x, "however") for x in got["texts"]) / 8)
-    assert set(k for k in row if k.startswith("keywords/")) == {f"keywords/{w}" for w in
-                                                               ("wait", "recheck", "alternatively", "retry", "however")}
+    logged = {k for k in row if k.startswith("keywords/")}
+    assert logged == {f"keywords/{w}" for w in ("wait", "recheck", "alternatively", "retry", "however")}
 
 
 def E_word(text, word):
