@@ -167,7 +167,7 @@ PRESETS = {"paper": PAPER, "classroom": CLASSROOM, "4.1": SEC41, "4.3": SEC43, "
            "5.2": SEC52}
 COMMON = dict(  # settings no preset changes unless it names them
     verifier="rule",  # verify.py; S42:58 the rule-based math reward (their score_fn default: CLI:370)
-    advantage="gae",  # CLI:351-356 --advantage_estimator default gae
+    advantage="gae",  # CLI:350-356 --advantage_estimator, default gae
 )
 LOSS_AGG = ("seq-mean-token-mean", "token-mean")
 
