@@ -107,18 +107,21 @@ def shard(model, param_dtype=torch.bfloat16, reduce_dtype=torch.float32):
     return model
 
 
-def load_sharded(name, dtype, device, value_head=False, param_dtype=torch.bfloat16, seed=0, frozen=False):
+def load_sharded(name, dtype, device, value_head=False, param_dtype=torch.bfloat16, seed=0, frozen=False,
+                 rope_theta=None, max_positions=None):
     """model.load + shard without a full model on any GPU: (model, tokenizer).
     One process, or the built-in tiny model: model.load, then shard. A checkpoint under torchrun: the model is
     built on the meta device, sharded, and each rank copies in only its own dim-0 chunk of every weight, read
     one tensor at a time from the (memory-mapped) safetensors files on the CPU. At 7B the old way (load whole,
     then shard) put policy + critic in fp32 and the reference in bf16 on every GPU at once: ~76 GB.
-    frozen: no parameter requires grad (set before sharding: see shard)."""
+    frozen: no parameter requires grad (set before sharding: see shard). rope_theta, max_positions: replace the
+    checkpoint's (model.with_context)."""
     import model as M
+    ctx = dict(rope_theta=rope_theta, max_positions=max_positions)
     if world() == 1 or name == "tiny":
-        net, tok = M.load(name, dtype=dtype, device=device, value_head=value_head, seed=seed)
+        net, tok = M.load(name, dtype=dtype, device=device, value_head=value_head, seed=seed, **ctx)
         return shard(net.requires_grad_(not frozen), param_dtype), tok
-    net, tok = M.load(name, dtype=dtype, device="meta", value_head=value_head)
+    net, tok = M.load(name, dtype=dtype, device="meta", value_head=value_head, **ctx)
     net.requires_grad_(not frozen)
     path = M.local_dir(name)  # (a hub id: model.load has downloaded it into the cache already)
     net = shard(net, param_dtype)

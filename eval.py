@@ -3,17 +3,21 @@
     python eval.py --model runs/ppo/$(cat runs/ppo/latest)/policy --benchmarks math500,aime2024,theoremqa,mmlu_pro_1k
     python eval.py --model tiny --benchmarks classroom --n 4 --max-new-tokens 400
     torchrun --standalone --nproc_per_node 8 eval.py --model qwen-math-7b     # questions split across ranks
-    python eval.py --plot runs/ppo/            # training curves (accuracy, response length) -> runs/ppo/curves.png
+    python eval.py --plot runs/ppo/            # accuracy, length (and a PPO run's keywords) -> runs/ppo/curves.png
 
     from eval import evaluate
     metrics, records = evaluate(model, tok, rows, n=1)   # rows: dicts with problem, answer, kind (data.py)
 
 `evaluate` is also what sft.py and ppo.py call for their periodic held-out evaluation. Under torchrun each
 rank samples its share of the questions and the counts are summed over ranks; the samples do not depend on
-the split. Paper settings: temperature 0.7, top-p 0.95, up to 16,384 new tokens, TheoremQA text-only
-questions. Writes OUT/<benchmark>.jsonl (one line per sample, all ranks', in question order) and
-OUT/summary.json, and prints one table. Departures from the paper: MMLU-Pro-1k is our
-own seeded sample (data.py); accuracy is averaged over all n samples per question.
+the split. The defaults are the authors' evaluation protocol (PROTOCOL_SAMPLES below): AIME 2024 averaged over 16
+samples per question, MATH-500, TheoremQA and MMLU-Pro-1k over 4, temperature 0.7, top-p 0.95, up to 16,384 new
+tokens, TheoremQA text-only questions; accuracy with its standard error over questions (accuracy_se). A
+qwen-math-7b start is evaluated with the RoPE theta ppo.py trains it with (model.LONG_CONTEXT; --rope-theta).
+Writes OUT/<benchmark>.jsonl (one line per sample, all ranks', in question order) and OUT/summary.json, and
+prints one table. `--plot RUN_DIR` draws a run's curves; for a PPO run also the frequency of the paper's Sec. 6
+reflection keywords per iteration (KEYWORDS), which ppo.py logs. Departures from the paper: MMLU-Pro-1k is our
+own seeded sample (data.py); our prompts and verifier (data.py, verify.py), not metagen's.
 """
 import argparse
 import json
@@ -28,12 +32,34 @@ import dist
 from sample import generate
 
 REFLECTION_WORDS = ["wait", "recheck", "retry", "alternatively", "however", "rethink", "try again"]
+# The keywords whose frequency the paper's Sec. 6 tracks during RL from the base model (a follow-up, RISE App. E.3,
+# quotes the same five "following Yeo et al. (2025)"); ppo.py logs them per iteration, --plot draws them.
+KEYWORDS = ["wait", "recheck", "alternatively", "retry", "however"]
+# The authors' evaluation protocol (co-author tongyx361's metagen @ 6229ee6, configs/metagen/common/jobs/
+# eval_reasoning_dlc.yaml): AIME 2024 averaged over 16 samples (:13-14, seeds 0..15), MATH-500, TheoremQA and
+# MMLU-Pro-1k over 4 (:26-27, :39-40), each at temperature 0.7, top-p 0.95, up to 16,384 new tokens (:22-25).
+PROTOCOL_SAMPLES = {"aime2024": 16, "math500": 4, "theoremqa": 4, "mmlu_pro_1k": 4}
+
+
+def word_count(text: str, word: str) -> int:
+    """Occurrences of `word` in text: case-insensitive, whole words ("waiting" is not "wait")."""
+    return len(re.findall(r"\b" + word.replace(" ", r"\s+") + r"\b", text.lower()))
 
 
 def reflection_counts(text: str) -> dict:
     """Occurrences of each reflection word (case-insensitive, whole words), as the paper counts them."""
-    low = text.lower()
-    return {w: len(re.findall(r"\b" + w.replace(" ", r"\s+") + r"\b", low)) for w in REFLECTION_WORDS}
+    return {w: word_count(text, w) for w in REFLECTION_WORDS}
+
+
+def keyword_frequency(texts) -> dict:
+    """{keyword: occurrences per response}, averaged over `texts`, for each of the paper's Sec. 6 KEYWORDS."""
+    n = max(len(texts), 1)
+    return {w: sum(word_count(t, w) for t in texts) / n for w in KEYWORDS}
+
+
+def samples_for(benchmark: str, n: int = 0) -> int:
+    """Samples per question: n, or (n = 0) the protocol's: 16 for AIME 2024, 4 for the other benchmarks, 1 else."""
+    return n or PROTOCOL_SAMPLES.get(benchmark, 1)
 
 
 def accuracy_se(sum_q, sum_q2, questions):
@@ -108,14 +134,27 @@ def read_curves(run_dir):
     return sorted((k, *v) for k, v in train.items()), sorted((k, *v) for k, v in held.items())
 
 
-def plot_curves(run_dir, out=None):
-    """Accuracy and response length against step (the paper's view of length stability) -> PNG."""
+def read_keywords(run_dir):
+    """[(iteration, {keyword: occurrences per response})] of the rollouts of a ppo.py run's metrics.jsonl."""
+    rows, _ = dist.read_log(os.path.join(run_dir, "metrics.jsonl"))  # read_curves reported a torn line
+    found = {}
+    for r in rows:
+        kw = {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("keywords/")}
+        if kw:
+            found[r.get("iteration", r.get("step"))] = kw
+    return sorted(found.items())
+
+
+def curves_figure(run_dir):
+    """Accuracy and response length against step (the paper's view of length stability) and, for a PPO run, the
+    frequency of each reflection keyword (the paper's Sec. 6 plot): a matplotlib figure, one panel each."""
     train, held = read_curves(run_dir)
-    out = out or os.path.join(run_dir, "curves.png")
+    keywords = read_keywords(run_dir)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3 if keywords else 2, figsize=(15 if keywords else 10, 3.6))
+    ax1, ax2 = axes[0], axes[1]
     for rows, style, name in ((train, "-", "rollouts"), (held, "o-", "held-out")):
         if rows:
             steps, acc, length = zip(*rows)
@@ -124,8 +163,23 @@ def plot_curves(run_dir, out=None):
     ax1.set(xlabel="step", ylabel="accuracy", title="accuracy")
     ax2.set(xlabel="step", ylabel="tokens", title="mean response length")
     ax1.legend(), ax2.legend()
+    if keywords:
+        steps = [k for k, _ in keywords]
+        order = {w: i for i, w in enumerate(KEYWORDS)}  # the paper's keywords first, in its order
+        for w in sorted({w for _, kw in keywords for w in kw}, key=lambda w: (order.get(w, len(order)), w)):
+            axes[2].plot(steps, [kw.get(w, 0.0) for _, kw in keywords], "-", label=w)
+        axes[2].set(xlabel="step", ylabel="per response", title="reflection keywords (rollouts)")
+        axes[2].legend()
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(run_dir, out=None):
+    """curves_figure(run_dir) -> PNG (default RUN_DIR/curves.png)."""
+    out = out or os.path.join(run_dir, "curves.png")
+    fig = curves_figure(run_dir)
+    import matplotlib.pyplot as plt
     with dist.atomic_open(out, "wb") as f:
         fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
@@ -140,8 +194,9 @@ def parse_args(argv=None):
     a = ap.add_argument
     a("--model", default="tiny", help="alias, HF dir or hub id (model.load)")
     a("--benchmarks", default="math500,aime2024,theoremqa,mmlu_pro_1k", help="comma list; 'classroom' too")
-    a("--n", "--n-samples", dest="n", type=int, default=1,
-      help="samples per question (under torchrun spell it --n-samples: torchrun's parser takes --n)")
+    a("--n", "--n-samples", dest="n", type=int, default=0,
+      help="samples per question; 0: the authors' protocol, 16 for aime2024 and 4 for the other benchmarks (1 for "
+      "classroom) (under torchrun spell it --n-samples: torchrun's parser takes --n)")
     a("--limit", type=int, default=0, help="first K questions of each benchmark (0: all)")
     a("--digits", type=int, default=3, help="classroom: digits per operand")
     a("--max-digits", type=int, default=0, help="classroom: a mix of sizes, digits..max-digits (0: none)")
@@ -152,6 +207,8 @@ def parse_args(argv=None):
       help="sampler cache slots decoded together; 0: as many as fit in free memory (sample.kv_budget)")
     a("--seed", type=int, default=0, help="sampling seed")
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
+    a("--rope-theta", type=float, help="RoPE theta to evaluate with; 0: the checkpoint's own [qwen-math-7b: "
+      "model.LONG_CONTEXT, as ppo.py trains it; others: the checkpoint's]")
     a("--out", default="runs/eval", help="per-sample JSONL and summary.json go here")
     a("--plot", metavar="RUN_DIR", help="instead of evaluating: draw RUN_DIR/metrics.jsonl to RUN_DIR/curves.png")
     return ap.parse_args(argv)
@@ -167,7 +224,8 @@ def check_args(args):
         req(os.path.isfile(path), "--plot", args.plot, "a run directory of sft.py or ppo.py (with metrics.jsonl)")
         dist.check_writable("--plot", args.plot)
         return {}
-    req(args.n >= 1, "--n", args.n, "an integer >= 1 (samples per question)")
+    req(args.n >= 0, "--n", args.n, "an integer >= 0 (samples per question; 0: the protocol's)")
+    req(args.rope_theta is None or args.rope_theta >= 0, "--rope-theta", args.rope_theta, "a number >= 0")
     req(args.limit >= 0, "--limit", args.limit, "an integer >= 0 (0: all questions)")
     req(args.temperature >= 0, "--temperature", args.temperature, ">= 0 (0: greedy)")
     req(0 < args.top_p <= 1, "--top-p", args.top_p, "a number in (0, 1]")
@@ -205,12 +263,14 @@ def main(argv=None):
     import model as M
     rank, world, device = dist.init()
     dtype = dist.compute_dtype(args.dtype, device)
-    net, tok = M.load(args.model, dtype=dtype, device=device)
+    theta = M.LONG_CONTEXT.get(args.model, {}).get("rope_theta") if args.rope_theta is None else args.rope_theta
+    net, tok = M.load(args.model, dtype=dtype, device=device, rope_theta=theta or None)
     os.makedirs(args.out, exist_ok=True)
     summary = {}
     for name, rows in benchmarks.items():
-        dist.print0(f"{name}: {len(rows)} questions x {args.n} samples")
-        metrics, records = evaluate(net, tok, rows, n=args.n, temperature=args.temperature, top_p=args.top_p,
+        n = samples_for(name, args.n)
+        dist.print0(f"{name}: {len(rows)} questions x {n} samples")
+        metrics, records = evaluate(net, tok, rows, n=n, temperature=args.temperature, top_p=args.top_p,
                                     max_new_tokens=args.max_new_tokens, seed=args.seed,
                                     batch_size=args.kv_slots, progress=rank == 0)
         gathered = dist.gather_objects(records)  # rank 0 writes every rank's samples, in question order

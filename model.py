@@ -26,7 +26,7 @@ OpenRLHF's Hugging Face models; this is a from-scratch equivalent).
 import json
 import math
 import os
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict, fields, replace
 from typing import Optional
 
 import torch
@@ -41,6 +41,7 @@ from longcot_kernels.logprobs import linear_logprobs
 ALIASES = {
     "qwen-math-7b": "Qwen/Qwen2.5-Math-7B",
     "qwen-math-1.5b": "Qwen/Qwen2.5-Math-1.5B",
+    "qwen-math-7b-instruct": "Qwen/Qwen2.5-Math-7B-Instruct",  # ppo.py --verifier judge --judge-model
     "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
     "qwen-7b": "Qwen/Qwen2.5-7B",
     "qwen-1.5b": "Qwen/Qwen2.5-1.5B",
@@ -133,6 +134,7 @@ _QWEN_1_5B = dict(_QWEN, hidden_size=1536, intermediate_size=8960, num_attention
 ALIAS_CONFIGS = {
     "qwen-math-7b": dict(_QWEN_7B, rope_theta=10000.0, max_position_embeddings=4096),
     "qwen-math-1.5b": dict(_QWEN_1_5B, rope_theta=10000.0, max_position_embeddings=4096),
+    "qwen-math-7b-instruct": dict(_QWEN_7B, rope_theta=10000.0, max_position_embeddings=4096),  # same shapes as 7B
     "qwen-7b": dict(_QWEN_7B, rope_theta=1000000.0, max_position_embeddings=131072),
     "qwen-1.5b": dict(_QWEN_1_5B, rope_theta=1000000.0, max_position_embeddings=131072),
     "llama-3.1-8b": dict(
@@ -145,18 +147,43 @@ ALIAS_CONFIGS = {
 }
 
 
-def config_for(name_or_path: str) -> Config:
+# Context extension for a start model whose config stops short of the paper's 2,048 + 14,336 tokens: Qwen2.5-Math-7B
+# has 4,096 positions at RoPE theta 10,000. ppo.py, sft.py and eval.py apply it by default to this alias (their
+# --rope-theta overrides it; 0 keeps the checkpoint's). The paper raised the theta for its Qwen2.5-Math-7B runs;
+# its appendix could not be read from this project's machines, so the value below is not the paper's but the
+# NTK-aware base for a 4x longer window (10,000 x 4^(128/126) = 40,900, head_dim 128), rounded as the public
+# recipes that train this model at 16K tokens set it (40,000 with 16,384 positions: TsinghuaC3I/Unify-Post-Training
+# issue #5, "following LUFFY").
+LONG_CONTEXT = {"qwen-math-7b": dict(rope_theta=40000.0, max_positions=16384)}
+
+
+def with_context(cfg: Config, rope_theta: Optional[float] = None, max_positions: Optional[int] = None) -> Config:
+    """A copy of cfg with another RoPE theta and at least `max_positions` positions (None: unchanged). A larger theta
+    stretches every rotary wavelength, so positions past the pretraining window stay distinguishable; the position
+    limit only travels into the saved config.json (this model computes its rope tables for any length)."""
+    changes = {}
+    if rope_theta is not None:
+        if not rope_theta > 0:
+            raise ValueError(f"rope_theta must be > 0, got {rope_theta}")
+        changes["rope_theta"] = float(rope_theta)
+    if max_positions is not None:
+        changes["max_position_embeddings"] = max(cfg.max_position_embeddings, int(max_positions))
+    return replace(cfg, **changes)
+
+
+def config_for(name_or_path: str, rope_theta: Optional[float] = None, max_positions: Optional[int] = None) -> Config:
     """The Config of an alias (offline, from ALIAS_CONFIGS), "tiny", or a local Hugging Face directory (its
-    config.json). Reads no weights and downloads nothing."""
+    config.json), with with_context's changes. Reads no weights and downloads nothing."""
     if name_or_path == "tiny":
-        return Config(**asdict(TINY))
+        return with_context(Config(**asdict(TINY)), rope_theta, max_positions)
     if name_or_path in ALIAS_CONFIGS:
-        return Config.from_hf(ALIAS_CONFIGS[name_or_path], f"model.ALIAS_CONFIGS[{name_or_path!r}]")
+        cfg = Config.from_hf(ALIAS_CONFIGS[name_or_path], f"model.ALIAS_CONFIGS[{name_or_path!r}]")
+        return with_context(cfg, rope_theta, max_positions)
     cfg_path = os.path.join(name_or_path, "config.json")
     if not os.path.exists(cfg_path):
         raise ValueError(f"{name_or_path!r}: not an alias ({', '.join(ALIAS_CONFIGS)}, tiny) nor a directory with a "
                          f"config.json")
-    return Config.from_hf(_read_json(cfg_path), cfg_path)
+    return with_context(Config.from_hf(_read_json(cfg_path), cfg_path), rope_theta, max_positions)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -493,14 +520,17 @@ def local_dir(name_or_path: str) -> str:
     return path
 
 
-def load(name_or_path: str, dtype=torch.float32, device="cpu", value_head=False, seed=0):
+def load(name_or_path: str, dtype=torch.float32, device="cpu", value_head=False, seed=0, rope_theta=None,
+         max_positions=None):
     """Returns (model, tokenizer). name_or_path: an alias (see ALIASES), a local Hugging Face directory,
     a hub id (downloaded where there is internet), or "tiny" (random weights from `seed`, no download).
     Weights go straight from the safetensors shards into a model built on the meta device. device="meta":
-    the model's structure only, no weight read (dist.load_sharded then fills each rank's shards)."""
+    the model's structure only, no weight read (dist.load_sharded then fills each rank's shards).
+    rope_theta, max_positions: replace the checkpoint's (with_context; None keeps them)."""
     if name_or_path == "tiny":
         torch_dev = torch.device(device)
-        model = init_weights(CausalLM(TINY, value_head=value_head), seed=seed).to(torch_dev, dtype)
+        cfg = with_context(Config(**asdict(TINY)), rope_theta, max_positions)
+        model = init_weights(CausalLM(cfg, value_head=value_head), seed=seed).to(torch_dev, dtype)
         tok = tiny_tokenizer()
         model.cfg.eos_token_id = tok.eos_token_id
         return model, tok
@@ -509,7 +539,7 @@ def load(name_or_path: str, dtype=torch.float32, device="cpu", value_head=False,
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory with "
                                 f"config.json, *.safetensors and tokenizer files)")
-    cfg = Config.from_hf(_read_json(cfg_path), cfg_path)
+    cfg = with_context(Config.from_hf(_read_json(cfg_path), cfg_path), rope_theta, max_positions)
     with torch.device("meta"):
         model = CausalLM(cfg, value_head=value_head)  # no memory: the weights are assigned straight in
     if torch.device(device).type != "meta":  # meta: the caller fills the weights (dist.load_sharded)

@@ -13,11 +13,15 @@ storage while it is alive (weak references free them, FSDP2's storage resizes ar
 It plays rank 0 (the largest shards, and the rank that gathers checkpoints). The phases of one iteration, in
 ppo.py's order, each running the real functions:
 
-  load + shard     policy fp32 + critic fp32 (value head) + reference bf16, sharded (dist.shard), AdamW made
+  load + shard     policy fp32 + critic fp32 (value head) + reference bf16, sharded (dist.shard), AdamW made;
+                   with --verifier judge also the judge, bf16 and whole on every rank (ppo.py loads it so);
+                   with --advantage reinforce no critic (nor its gradients and Adam moments below)
   decode copy      sample.decode_copy(policy, copy): the bf16 full-weight copy the sampler decodes from
   KV cache         sample.DecodeState with the slots sample.choose_slots picks from the budget kv_budget would
                    report, every slot prefilled with a full-length prompt at once, cache lengths at full context,
                    one DecodeState.step (sampling + decode forward)
+  judge            (--verifier judge) the same for the judge after the decode copy is freed: prompts of the whole
+                   response + JUDGE_EXTRA tokens (20 lines can be all of it), room for --judge-max-new-tokens
   score            ppo.forward_response of policy, reference and critic on one micro-batch at full width, no grad
   train            two micro-batches of policy + critic forward, ppo.policy_loss + ppo.value_loss, backward
                    (the second one holds the gradients of the first: gradient accumulation)
@@ -68,7 +72,8 @@ import model as M
 
 GiB = 1 << 30
 GB = 10 ** 9
-PHASES = ["load + shard", "decode copy", "KV cache", "score", "train", "optimizer", "checkpoint"]
+PHASES = ["load + shard", "decode copy", "KV cache", "judge", "score", "train", "optimizer", "checkpoint"]
+JUDGE_EXTRA = 512  # tokens of the judge's prompt besides the response's last lines: template, reference, chat marks
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -232,11 +237,15 @@ class CudaProbe:
 # One PPO iteration, phase by phase, with ppo.py's and sample.py's functions
 # ----------------------------------------------------------------------------------------------------
 def build_sharded(cfg, s):
-    """Policy (fp32), critic (fp32, value head), reference (bf16) on the meta device, sharded by dist.shard as
-    ppo.py shards them (bf16 compute). Run outside the fake mode: dist.shard makes a device mesh."""
+    """Policy (fp32), critic (fp32, value head; None with --advantage reinforce), reference (bf16) on the meta
+    device, sharded by dist.shard as ppo.py shards them (bf16 compute). Run outside the fake mode: dist.shard makes
+    a device mesh."""
     models = []
     for value_head, dtype, frozen in ((False, torch.float32, False), (True, torch.float32, False),
                                       (False, torch.bfloat16, True)):
+        if value_head and s.get("advantage") == "reinforce":
+            models.append(None)  # ppo.py builds no critic for REINFORCE
+            continue
         with torch.device("meta"):
             m = M.CausalLM(cfg, value_head=value_head).to(dtype)
         m.requires_grad_(not frozen)  # the reference: frozen before sharding, as dist.load_sharded(frozen=True)
@@ -278,20 +287,21 @@ def run_iteration(cfg, s, probe, device, metas, passes=2, log=print):
         peaks[name] = (max(old[0], p), max(old[1], n))
         log(f"  {name:<14} peak {p / GiB:7.2f} GiB, alive after {n / GiB:7.2f} GiB  ({time.time() - t0:.0f} s)")
 
-    # ---- load + shard ----
+    # ---- load + shard (and, with --verifier judge, the judge: a full frozen bf16 copy on every rank) ----
+    jcfg = s.get("judge_cfg")
     with phase("load + shard"):
-        policy, critic, ref = (m.to_empty(device=device) for m in metas)
+        policy, critic, ref = (m.to_empty(device=device) if m is not None else None for m in metas)
+        judge = _empty_copy(jcfg, device).requires_grad_(False) if jcfg is not None else None
+        trained = [m for m in (policy, critic) if m is not None]
         if not fake:  # real memory: give it finite values (the plan's fake tensors have none)
             with torch.no_grad():
-                for m in (policy, critic, ref):
+                for m in trained + [ref] + ([judge] if judge is not None else []):
                     for p in m.parameters():
                         p.normal_(0, 0.02)
         # AdamW as ppo.py makes it; foreach=True is what the default resolves to on CUDA (on a CPU it would pick
         # the per-tensor loop, whose temporaries are smaller), so the plan counts the GPU's temporaries
-        actor_opt = torch.optim.AdamW(policy.parameters(), lr=s["actor_lr"], betas=(0.9, 0.95), weight_decay=0.0,
-                                      foreach=True)
-        critic_opt = torch.optim.AdamW(critic.parameters(), lr=s["critic_lr"], betas=(0.9, 0.95), weight_decay=0.0,
-                                       foreach=True)
+        opts = [torch.optim.AdamW(m.parameters(), lr=s[name], betas=(0.9, 0.95), weight_decay=0.0, foreach=True)
+                for m, name in zip(trained, ("actor_lr", "critic_lr"))]
     del metas
 
     P, R = s["max_prompt_len"], s["max_new_tokens"]
@@ -323,44 +333,66 @@ def run_iteration(cfg, s, probe, device, metas, passes=2, log=print):
             del state
         copy = None  # ppo.py frees the decode copy after the rollout, before scoring
 
+        # ---- judge: judge.grade's generate, every slot prefilled with the response's tail at full length ----
+        if judge is not None:
+            with phase("judge"), torch.no_grad(), autocast:
+                Pj = R + JUDGE_EXTRA  # the last 20 lines can be the whole response (one that has few newlines)
+                jcap = sample.round_capacity(Pj + s["judge_max_new_tokens"], "cuda")
+                total = s["gpu_bytes"]
+                budget = max(0, total - probe.now() - int(sample.GPU_MARGIN * total))
+                jslots = s["kv_slots"] or sample.choose_slots(jcfg, jobs, jcap, bf16, "cuda", None, budget)
+                state = sample.DecodeState(judge, jslots, jcap, bf16, device, use_graph=False)
+                info.update(judge_slots=jslots, judge_capacity=jcap,  # the bytes of the cache as allocated
+                            judge_kv_bytes=sum(t.numel() * t.element_size() for t in (state.cache.k, state.cache.v)),
+                            judge_weight_bytes=sum(p.numel() * p.element_size() for p in judge.parameters()))
+                state.reset(0, s["judge_max_new_tokens"], 0, [int(jcfg.eos_token_id or 0)])
+                state.prefill(judge, [(b, [0] * Pj, b) for b in range(jslots)], pad=0)
+                state.cache.lengths.fill_(jcap - 1)
+                state.step(judge, 0.0, 1.0)  # greedy
+                del state
+
         # ---- score: old log-probs, reference log-probs, values; no grad ----
         x = torch.zeros(rows, W, dtype=torch.long, device=device)
         starts = torch.full((rows,), P, dtype=torch.long, device=device)  # every row: a full prompt, then R tokens
         score = functools.partial(ppo.forward_response, ids=x, starts=starts, R=R, temperature=s["temperature"],
                                   dtype=bf16)
-        policy.eval(), critic.eval()
+        for m in trained:
+            m.eval()
         with phase("score"), torch.no_grad(), autocast:
             lp, e = score(policy)
             rlp, _ = score(ref)
-            v = score(critic, values=True)
+            v = score(critic, values=True) if critic is not None else torch.zeros_like(lp)
             old_lp, old_v = lp.float(), v.float()
             del lp, e, rlp, v
 
         # ---- train: two micro-batches (the second holds the first's gradients) ----
-        policy.train(), critic.train()
+        for m in trained:
+            m.train()
         adv = torch.zeros(rows, R, device=device)
-        returns, m = torch.zeros_like(adv), torch.ones_like(adv)
+        returns, mask = torch.zeros_like(adv), torch.ones_like(adv)
         denom = float(rows * R if s["loss_agg"] == "token-mean" else rows)  # the losses' minibatch count
         with phase("train"), autocast:
             for _ in range(2):
                 lp, _ = score(policy)
-                pl, _ = ppo.policy_loss(lp.float(), old_lp, adv, m, 0.2, s["loss_agg"], denom)
-                v = score(critic, values=True)
-                vl, _ = ppo.value_loss(v, old_v, returns, m, s["value_clip"], s["loss_agg"], denom)
-                ((pl + vl) * world).backward()
-                del lp, pl, v, vl
-        del x, adv, returns, m, old_lp, old_v
+                loss, _ = ppo.policy_loss(lp.float(), old_lp, adv, mask, 0.2, s["loss_agg"], denom)
+                if critic is not None:
+                    v = score(critic, values=True)
+                    loss = loss + ppo.value_loss(v, old_v, returns, mask, s["value_clip"], s["loss_agg"], denom)[0]
+                    del v
+                (loss * world).backward()
+                del lp, loss
+        del x, adv, returns, mask, old_lp, old_v
 
         # ---- optimizer: clip, step (Adam moments appear on the first pass), zero_grad ----
         with phase("optimizer"):
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
-            actor_opt.step(), critic_opt.step()
-            actor_opt.zero_grad(set_to_none=True), critic_opt.zero_grad(set_to_none=True)
+            for m, opt in zip(trained, opts):
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
 
         # ---- checkpoint: rank 0 gathers each tensor and copies it to the host ----
         with phase("checkpoint"), probe.host_copies():
-            sds = [dist.full_state_dict(policy), dist.full_state_dict(critic)]
+            sds = [dist.full_state_dict(m) for m in trained]
             del sds
     info["params"] = policy.num_params() if hasattr(policy, "num_params") else None
     return peaks, info
@@ -440,7 +472,9 @@ def settings_from_args(args):
         micro_batch=args.micro_batch, rollout_batch=args.rollout_batch, n_samples=args.n_samples,
         temperature=args.temperature, value_clip=args.value_clip, actor_lr=args.actor_lr, critic_lr=args.critic_lr,
         grad_ckpt=bool(args.grad_ckpt), gpu_bytes=int(args.gpu_memory * GB),
-        loss_agg=args.loss_agg, kv_slots=args.kv_slots)
+        loss_agg=args.loss_agg, kv_slots=args.kv_slots, advantage=args.advantage,
+        judge_cfg=M.config_for(args.judge_model) if args.verifier == "judge" else None,
+        judge_max_new_tokens=args.judge_max_new_tokens)
 
 
 def table(peaks, budget, measured=None):
@@ -462,6 +496,10 @@ def report(rows, info, title):
     lines.append(f"KV cache: {info['slots']} slots x {info['capacity']} tokens = {info['kv_bytes'] / GiB:.2f} GiB "
                  f"(sample.choose_slots from a budget of {info['kv_budget'] / GiB:.2f} GiB; {info['jobs']} jobs per "
                  f"rank, the rest queue)")
+    if "judge_slots" in info:
+        lines.append(f"judge: weights {info['judge_weight_bytes'] / GiB:.2f} GiB (bf16, whole on every rank), KV cache "
+                     f"{info['judge_slots']} slots x {info['judge_capacity']} tokens = "
+                     f"{info['judge_kv_bytes'] / GiB:.2f} GiB")
     worst = min(rows, key=lambda r: r[3])
     verdict = "fits" if worst[3] >= 0 else "does not fit"
     lines.append(f"{verdict}: tightest phase '{worst[0]}' at {worst[1]:.2f} of {worst[2]:.2f} GiB "
@@ -471,7 +509,7 @@ def report(rows, info, title):
 
 def main(args):
     """ppo.py --plan: print the table; returns the exit status (0 fits, 1 does not fit)."""
-    cfg = M.config_for(args.model)
+    cfg = M.config_for(args.model, args.rope_theta, args.max_prompt_len + args.max_new_tokens)
     s = settings_from_args(args)
     world = int(args.gpus)
     title = (f"memory plan: {args.model} on {world} x {args.gpu_memory:g} GB (budget {s['gpu_bytes'] / GiB:.1f} GiB "

@@ -2,23 +2,30 @@
 
     python ppo.py                                   # tiny model after the classroom SFT, on a CPU (~9 min)
     python ppo.py --reward classic                  # the 0/1 reward instead of the cosine one
+    python ppo.py --advantage reinforce             # REINFORCE: no critic
     torchrun --standalone --nproc_per_node 8 ppo.py --model qwen-math-7b   # the paper's recipe (GPUs)
+    torchrun --standalone --nproc_per_node 8 ppo.py --preset 4.3 --cosine 0,10,0,0,-10 --model ...   # Sec. 4.3 A
+
+README.md's "The paper's experiments" has one command per experiment of the paper.
 
 One iteration, top to bottom in `main`:
   1. rollout    sample n responses per prompt from the current policy (sample.py), log-probs at temperature
-  2. reward     verify.py + reward.py: K reward types (cosine or classic; repetition penalty), each with its gamma
-  3. score      per-token log-probs of the policy (old) and the frozen reference, values of the critic, each
+  2. reward     correctness from verify.py's rules or an LLM judge (--verifier judge: judge.py, greedy, on each
+                rank's share); reward.py: K reward types (cosine or classic; repetition penalty), each with its gamma
+  3. score      per-token log-probs of the policy (old) and the frozen reference, values of the critic (GAE), each
                 micro-batch at its own width (rows laid out prompt + response from column 0, right-padded);
                 rewards clipped to [-10, 10], then the KL penalty -beta * KL / K added to each of the K types
   4. advantage  GAE; with several reward types and lambda = 1 each type's return is discounted with its own
-                gamma and summed (the paper's multi-gamma returns), advantage = return - value; whitened
-                over the whole rollout across ranks
+                gamma and summed (the paper's multi-gamma returns), advantage = return - value. --advantage
+                reinforce: no critic at all, the advantage is that return itself. Whitened over the whole rollout
+                across ranks
   5. update     epochs of shuffled minibatches: clipped policy ratio, clipped value loss, each averaged over a
                 response's own tokens then over responses (--loss-agg), gradient clipping, warmup + cosine
                 schedules stepped per optimizer step, gradient accumulation over token-budget micro-batches
   6. log        reward (the task's, without KL) and the KL term, accuracy, lengths, truncation, KL, clip
                 fraction, approx KL, explained variance, entropy, value loss, sampler/trainer log-prob gap,
-                tokens/s, time split; periodic held-out evaluation; checkpoint
+                tokens/s, time split, the frequency of the paper's Sec. 6 reflection keywords (keywords/wait, ...;
+                `eval.py --plot OUT` draws them); periodic held-out evaluation; checkpoint
 Each piece of math is a pure function below `main`'s helpers, tested in tests/test_ppo.py.
 
 Loss aggregation (--loss-agg). seq-mean-token-mean (the authors', both presets): each response's loss is the
@@ -32,7 +39,9 @@ line by line: 512 prompts x 16 samples, train batch 512, 2 epochs, 112 rollouts,
 KL 0.01 (k1), cosine reward +2/+1 correct, -10/0 wrong, -10 exceed (margin 16), repetition n=40 at -0.05,
 gammas (1, 0.99), lambda 1, prompts <= 2048 tokens, up to 14,336 generated tokens, rollouts at temperature 1.0
 and top-p 1.0, MATH train prompts). Evaluation samples at the paper's 0.7 / 0.95. `tiny` takes CLASSROOM
-(sized for a CPU). Any flag overrides either. A run restarted with the same --out resumes exactly.
+(sized for a CPU). --preset names another set: a section of the paper (4.1, 4.3, 4.4, 4.6, 5.2, below PAPER:
+what that section's launch script changes). Any flag overrides a preset. --model qwen-math-7b also takes a raised
+RoPE theta (model.LONG_CONTEXT; --rope-theta). A run restarted with the same --out resumes exactly.
 `python ppo.py --model qwen-math-7b --plan --gpus 8 --gpu-memory 80` prints the memory plan (plan.py).
 
 Departures from the authors' code (eddycmu/demystify-long-cot, an OpenRLHF fork):
@@ -48,6 +57,10 @@ Departures from the authors' code (eddycmu/demystify-long-cot, an OpenRLHF fork)
   * The per-episode prompt order and the 3% warmup are ours in detail (their dataloader drops the last
     incomplete batch of each episode: 14 rollouts of 512 from MATH's 7,500 prompts, as our 112 iterations).
   * CLASSROOM: rollouts at temperature 0.7 (the 0.8M-parameter model is too noisy at 1.0), exceed margin 0.
+  * The rule-based runs of Sec. 5.2 grade with their `symeval` score function (S52 rule_* scripts:65), the others
+    with `hendrycks` (CLI:370); every rule-based run here grades with verify.py. The judge: judge.py's Departures.
+  * qwen-math-7b's RoPE theta (40,000 with 16,384 positions) is not the paper's value, which could not be read here
+    (model.LONG_CONTEXT says how it was chosen).
 """
 import argparse
 import json
@@ -107,6 +120,55 @@ CLASSROOM = dict(  # ours: the tiny model on the classroom task, accuracy rises 
     clip=0.2, grad_clip=1.0, reward_clip=10.0, loss_agg="seq-mean-token-mean", grad_ckpt=False,
     value_clip=5.0,  # returns span ~12 here and the head starts at 0: a 0.2 clip would freeze the critic
 )
+# The paper's other RL runs: the PAPER recipe with what each launch script changes (same repository and commit;
+# script names shortened: S41 = section_4.1__cot_length_stability__llama_classic.sh (its qwen_classic twin sets the
+# same values), S43 = section_4.3__cosine_hyperparameters__reward_A.sh (B, C: only the cosine values differ),
+# S44 = section_4.4__context_window_size__4k.sh (8k, 16k: only --generate_max_len), S46 =
+# section_4.6__optimal_discount_factors__gammas_100_99.sh (others: only --gamma), S52 =
+# section_5.2__scaling_up_rl_with_noisy_verifiable_data__judge_filtered.sh (the rule_* twins: only the verifier and
+# the data). README.md "The paper's experiments" gives each run's command; tests/test_experiments.py checks every
+# command's settings against its script, field by field.
+SEC41 = dict(  # Sec. 4.1, CoT length stability: the classic 0/1 reward from a long-CoT SFT model
+    PAPER,
+    reward="classic",  # S41:57-60 --remote_rm_url math_rule, correct 1, wrong 0, exceed 0 (RewardConfig.classic_*)
+    rep_penalty=0.0,  # S41:57 no math_rule_repetition_dense: one reward type
+    gamma=1.0,  # S41:76 --gamma 1
+    n_samples=8,  # S41:71 --n_samples_per_prompt 8
+    ppo_epochs=1,  # S41:73 --max_epochs 1
+    critic_lr=4.5e-6,  # S41:82 --critic_learning_rate 4.5e-6
+)  # S41:74 --num_episodes 8 on MATH's 7,500 prompts: 112 rollouts, as PAPER
+SEC43 = dict(  # Sec. 4.3, cosine reward hyper-parameters: reward A, B or C through --cosine
+    PAPER,
+    n_samples=4,  # S43:75 --n_samples_per_prompt 4
+    ppo_epochs=1,  # S43:77 --max_epochs 1
+    iterations=56,  # S43:78 --num_episodes 4 x 14 rollouts of 512 MATH prompts
+)
+SEC44 = dict(  # Sec. 4.4, context window size: 4K / 8K / 16K = 2,048 prompt tokens + --max-new-tokens
+    PAPER,
+    n_samples=8,  # S44:75 --n_samples_per_prompt 8
+    ppo_epochs=1,  # S44:77 --max_epochs 1
+)  # S44:78 --num_episodes 8: 112 rollouts, as PAPER; S44:82 --generate_max_len 2048 (8k: 6144, 16k: 14336)
+SEC46 = dict(  # Sec. 4.6, discount factors: --gamma (correctness) and --rep-gamma (repetition penalty)
+    PAPER,
+    n_samples=4,  # S46:74 --n_samples_per_prompt 4
+    ppo_epochs=1,  # S46:76 --max_epochs 1
+    iterations=56,  # S46:77 --num_episodes 4 x 14 rollouts
+)
+SEC52 = dict(  # Sec. 5.2, RL on noisy web data (WebInstruct) graded by the LLM judge (judge.py) or by rules
+    PAPER,
+    verifier="judge",  # S52:65 --math_rule_common_score_fn judge; S52:66 --judge_pretrain (path redacted)
+    prompts="webinstruct.jsonl",  # S52:91 prompt data (redacted): WebInstruct problems with a short-form answer
+    # (S52:93 --answer_key extracted_answer); not shipped: a JSONL of problem/answer rows you build
+    n_samples=4,  # S52:78 --n_samples_per_prompt 4
+    ppo_epochs=1,  # S52:80 --max_epochs 1
+    iterations=58,  # S52:79 --max_samples 30000, S52:81 --num_episodes 1: 30,000 // 512 rollouts
+)
+PRESETS = {"paper": PAPER, "classroom": CLASSROOM, "4.1": SEC41, "4.3": SEC43, "4.4": SEC44, "4.6": SEC46,
+           "5.2": SEC52}
+COMMON = dict(  # settings no preset changes unless it names them
+    verifier="rule",  # verify.py; S42:58 the rule-based math reward (their score_fn default: CLI:370)
+    advantage="gae",  # CLI:350-356 --advantage_estimator, default gae
+)
 LOSS_AGG = ("seq-mean-token-mean", "token-mean")
 
 
@@ -117,6 +179,17 @@ def parse_args(argv=None):
     a("--sft-out", default="runs/sft", help="tiny only: SFT run reused (or made) as the start point, or one of "
       "its checkpoint-N folders")
     a("--out", default="runs/ppo", help="run directory: args, metrics, checkpoint (resumed if present)")
+    a("--preset", choices=list(PRESETS), help="the settings every flag not given takes: paper (Sec. 4.2's recipe), "
+      "a section of the paper (4.1, 4.3, 4.4, 4.6, 5.2: README's experiments table) or classroom [paper; tiny: "
+      "classroom]")
+    a("--verifier", choices=["rule", "judge"], help="grade answers with verify.py's rules or an LLM judge [rule]")
+    a("--judge-model", help="--verifier judge: the judge (alias, HF dir, hub id), a full copy on every rank")
+    a("--judge-max-new-tokens", type=int, default=1024, help="--verifier judge: the judge's budget for its "
+      "reasoning and verdict (the authors' judge.py:43)")
+    a("--advantage", choices=["gae", "reinforce"], help="gae: PPO with a critic; reinforce: no critic, the "
+      "discounted returns whitened over the rollout [gae]")
+    a("--rope-theta", type=float, help="RoPE theta of policy, reference and critic, with positions raised to "
+      "prompt + new tokens; 0: the checkpoint's own [qwen-math-7b: model.LONG_CONTEXT; others: the checkpoint's]")
     a("--prompts", help="'classroom', a benchmark name (data.py) or a JSONL of problems [math_train]")
     a("--eval-data", help="held-out set, as --prompts [math500]")
     a("--n-eval", type=int, help="held-out problems per evaluation [500]")
@@ -173,10 +246,13 @@ def parse_args(argv=None):
     a("--measure", action="store_true", help="--plan on GPUs (untested on CPU): run the phases for real and print "
       "torch.cuda.max_memory_allocated per phase next to the plan")
     args = ap.parse_args(argv)
-    preset = CLASSROOM if args.model == "tiny" else PAPER
-    for k, v in preset.items():
+    args.preset = args.preset or ("classroom" if args.model == "tiny" else "paper")
+    for k, v in {**COMMON, **PRESETS[args.preset]}.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.rope_theta is None:  # the start model's context extension, if it needs one (model.LONG_CONTEXT)
+        args.rope_theta = M.LONG_CONTEXT.get(args.model, {}).get("rope_theta")
+    args.rope_theta = args.rope_theta or None  # 0: the checkpoint's own
     return args
 
 
@@ -263,6 +339,14 @@ def multi_gamma_advantages(rewards, values, mask, gammas, lam):
                          f"got lambda={lam}")
     returns = sum(discounted_returns(rewards[..., k], mask, g) for k, g in enumerate(gammas))  # (B, T)
     return (returns - values) * mask, returns
+
+
+def reinforce_returns(rewards, mask, gammas):
+    """REINFORCE's return, the authors' --advantage_estimator reinforce (experience_maker.py:222-228, :434-497):
+    each reward type discounted with its own gamma within the row's actions, then the types summed; no critic,
+    no baseline here (the whitening over the rollout, ppo_trainer.py:306, subtracts the mean). rewards (B, T, K),
+    mask (B, T) -> (B, T)."""
+    return sum(discounted_returns(rewards[..., k], mask, g) for k, g in enumerate(gammas))  # (B, T)
 
 
 def masked_whiten(x, mask, eps=1e-8):
@@ -403,8 +487,13 @@ def check_args(args):
     req(args.rep_penalty <= 0, "--rep-penalty", args.rep_penalty, "a number <= 0 (0 disables it)")
     for flag, v in (("--gamma", args.gamma), ("--rep-gamma", args.rep_gamma), ("--lam", args.lam)):
         req(0 <= v <= 1, flag, v, "a number in [0, 1]")
-    req(args.lam == 1 or args.rep_penalty == 0, "--lam", args.lam,
+    req(args.lam == 1 or args.rep_penalty == 0 or args.advantage == "reinforce", "--lam", args.lam,
         "1 when --rep-penalty is on (two reward types with their own gammas need lambda = 1)")
+    req(args.judge_model is not None or args.verifier == "rule", "--judge-model", "nothing",
+        "a judge model (alias, HF dir or hub id) with --verifier judge")
+    req(args.judge_max_new_tokens >= 1, "--judge-max-new-tokens", args.judge_max_new_tokens, "an integer >= 1")
+    req(args.rope_theta is None or args.rope_theta > 0, "--rope-theta", args.rope_theta,
+        "a number > 0 (0: the checkpoint's own)")
     req(args.kl_coef >= 0, "--kl-coef", args.kl_coef, "a number >= 0")
     req(args.actor_lr > 0, "--actor-lr", args.actor_lr, "a number > 0")
     req(args.critic_lr > 0, "--critic-lr", args.critic_lr, "a number > 0")
@@ -449,6 +538,11 @@ def check_args(args):
         _, tok = M.load("tiny" if args.model == "tiny" else args.model, device="meta")
     except (OSError, ValueError) as e:
         dist.arg_error("--model", str(e))
+    if args.verifier == "judge":
+        try:
+            M.load(args.judge_model, device="meta")  # its config and tokenizer, no weights
+        except (OSError, ValueError) as e:
+            dist.arg_error("--judge-model", str(e))
     prompts = [format_prompt(r["problem"], tok, r.get("options")) for r in rows["--prompts"]]
     keep = [i for i, p in enumerate(prompts) if len(encode_prompt(tok, p)) <= args.max_prompt_len]
     req(len(keep) >= args.rollout_batch, "--max-prompt-len", args.max_prompt_len, f"a length that keeps at least "
@@ -488,7 +582,8 @@ def main(argv=None):
     rank, world, device = dist.init(args.dist_timeout)
     import reward as RW
     import verify
-    from eval import evaluate
+    import judge
+    from eval import evaluate, keyword_frequency
     from sample import decode_copy, encode_prompt, generate
 
     dtype = dist.compute_dtype(args.dtype, device)
@@ -500,12 +595,20 @@ def main(argv=None):
 
     # ---- models: policy and critic train (fp32 master weights), the reference is frozen ----
     # (under torchrun each is built on the meta device and each rank reads only its shards: dist.load_sharded)
-    policy, tok = dist.load_sharded(start, torch.float32, device, param_dtype=dtype)
-    critic, _ = dist.load_sharded(start, torch.float32, device, value_head=True, param_dtype=dtype)  # + value head
-    ref, _ = dist.load_sharded(start, dtype, device, param_dtype=dtype, frozen=True)  # no grads, resharded after use
-    policy.gradient_checkpointing = critic.gradient_checkpointing = args.grad_ckpt
+    ctx = dict(rope_theta=args.rope_theta, max_positions=args.max_prompt_len + args.max_new_tokens)  # --rope-theta
+    policy, tok = dist.load_sharded(start, torch.float32, device, param_dtype=dtype, **ctx)
+    ref, _ = dist.load_sharded(start, dtype, device, param_dtype=dtype, frozen=True, **ctx)  # resharded after use
+    policy.gradient_checkpointing = args.grad_ckpt
     actor_opt = torch.optim.AdamW(policy.parameters(), lr=args.actor_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    critic = critic_opt = None  # REINFORCE has no critic: no value model, optimizer, forward or loss
+    if args.advantage == "gae":
+        critic, _ = dist.load_sharded(start, torch.float32, device, value_head=True, param_dtype=dtype, **ctx)
+        critic.gradient_checkpointing = args.grad_ckpt
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=args.critic_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    judge_net = judge_tok = None  # --verifier judge: the judge LLM, a full frozen copy on every rank (judge.py)
+    if args.verifier == "judge":
+        judge_net, judge_tok = M.load(args.judge_model, dtype=dtype, device=device)
+        judge_net.requires_grad_(False).eval()
     r0c, rLc, r0w, rLw, exc = (float(v) for v in args.cosine.split(","))  # (check_args: five numbers)
     rcfg = RW.RewardConfig(kind=args.reward, max_len=args.max_new_tokens, r0_correct=r0c, rL_correct=rLc,
                            r0_wrong=r0w, rL_wrong=rLw, exceed_reward=exc, rep_n=args.rep_n,
@@ -521,7 +624,9 @@ def main(argv=None):
         return order[k * args.rollout_batch:(k + 1) * args.rollout_batch]
 
     it = 0
-    models, opts = {"policy": policy, "critic": critic}, {"policy": actor_opt, "critic": critic_opt}
+    models, opts = {"policy": policy}, {"policy": actor_opt}
+    if critic is not None:
+        models["critic"], opts["critic"] = critic, critic_opt
     ckpt, state = dist.load_checkpoint(args.out, models, opts)
     if ckpt:
         it = state["iteration"]
@@ -576,9 +681,13 @@ def main(argv=None):
 
         # ---- 2. reward: verifier -> correctness; reward.py -> (B, R, K) per-token rewards and their gammas ----
         texts = [s.text for _, s in samples]
-        grades = verify.grade_batch(texts, [rows[i]["answer"] for i, _ in samples],
-                                    [rows[i].get("kind", "math") for i, _ in samples])
-        correct = [bool(g.correct) for g in grades]
+        golds = [rows[i]["answer"] for i, _ in samples]
+        if args.verifier == "judge":  # the LLM judge, greedy, on this rank's samples (judge.py)
+            correct = judge.grade(judge_net, judge_tok, texts, golds, keys=list(local_of),
+                                  max_new_tokens=args.judge_max_new_tokens, batch_size=args.kv_slots or None)
+        else:  # the rules: verify.py
+            grades = verify.grade_batch(texts, golds, [rows[i].get("kind", "math") for i, _ in samples])
+            correct = [bool(g.correct) for g in grades]
         lengths = [len(s.token_ids) for _, s in samples]
         truncated = [s.finish_reason == "length" for _, s in samples]
         prompt_ids = [encode_prompt(tok, prompts[i]) for i, _ in samples]
@@ -596,28 +705,36 @@ def main(argv=None):
         # ---- 3. old log-probs, reference log-probs, values (no grad), in token-budget micro-batches ----
         order = sorted(range(len(samples)), key=lambda b: int(ends[b]))
         mbs = micro_batches([int(ends[b]) for b in order], args.micro_tokens, args.micro_batch)
-        old_lp, ref_lp, old_v, ent = (torch.zeros(len(samples), R) for _ in range(4))
-        policy.eval(), critic.eval()
+        old_lp, ref_lp, old_v, ent = (torch.zeros(len(samples), R) for _ in range(4))  # old_v stays 0 without critic
+        for net in models.values():
+            net.eval()
         with torch.no_grad():
             for j in range(dist.max_int(len(mbs))):
                 mb = [order[b] for b in mbs[j]] if j < len(mbs) else [order[0]]  # extra: a dummy forward
                 x, st, r = trim(ids, starts, lengths, mb, device)  # at this micro-batch's own width
                 lp, e = forward_response(policy, x, st, r, args.temperature, dtype=dtype)
                 rlp, _ = forward_response(ref, x, st, r, args.temperature, dtype=dtype)
-                v = forward_response(critic, x, st, r, args.temperature, values=True, dtype=dtype)
+                if critic is not None:
+                    v = forward_response(critic, x, st, r, args.temperature, values=True, dtype=dtype)
                 if j < len(mbs):
-                    old_lp[mb, :r], ent[mb, :r], ref_lp[mb, :r], old_v[mb, :r] = \
-                        lp.float().cpu(), e.float().cpu(), rlp.float().cpu(), v.cpu()
+                    old_lp[mb, :r], ent[mb, :r], ref_lp[mb, :r] = lp.float().cpu(), e.float().cpu(), rlp.float().cpu()
+                    if critic is not None:
+                        old_v[mb, :r] = v.cpu()
         kl = kl_penalty(old_lp, ref_lp, mask, args.kl_estimator)  # (B, R), 0 off the mask
         rewards = shape_rewards(raw, kl, args.kl_coef, args.reward_clip)  # (B, R, K): clipped, KL/K in every type
         t3 = time.time()
 
-        # ---- 4. advantages: multi-gamma returns (lambda = 1) or GAE; whitened across ranks ----
-        adv, returns = multi_gamma_advantages(rewards, old_v, mask, gammas, args.lam)
-        adv = masked_whiten(adv, mask)
+        # ---- 4. advantages: multi-gamma returns (lambda = 1) or GAE, or REINFORCE returns; whitened over ranks ----
+        if args.advantage == "gae":
+            adv, returns = multi_gamma_advantages(rewards, old_v, mask, gammas, args.lam)
+        else:  # REINFORCE: the discounted returns themselves; the whitening below is their baseline
+            returns = reinforce_returns(rewards, mask, gammas)
+            adv = returns
+        adv = masked_whiten(adv, mask)  # the authors whiten the advantages of the whole rollout (ppo_trainer.py:306)
 
         # ---- 5. update: epochs x shuffled minibatches x micro-batches, actor and critic ----
-        policy.train(), critic.train()
+        for net in models.values():
+            net.train()
         stats = {"policy_loss": 0.0, "value_loss": 0.0, "clip_frac_sum": 0.0, "approx_kl_sum": 0.0, "tokens": 0.0,
                  "grad_norm_actor": 0.0, "grad_norm_critic": 0.0}
         gen = random.Random(args.seed * 31 + it)
@@ -637,7 +754,7 @@ def main(argv=None):
                 lr_c = lr_at(step, total_steps, args.critic_lr, warm, args.min_lr_ratio)
                 for g in actor_opt.param_groups:
                     g["lr"] = lr_a
-                for g in critic_opt.param_groups:
+                for g in critic_opt.param_groups if critic is not None else []:
                     g["lr"] = lr_c
                 for j in range(dist.max_int(len(mbs))):
                     real = j < len(mbs)
@@ -647,8 +764,10 @@ def main(argv=None):
                     m = on(mask) * float(real)  # a dummy micro-batch contributes zero
                     lp, _ = forward_response(policy, x, st, r, args.temperature, dtype=dtype)
                     pl, pm = policy_loss(lp.float(), on(old_lp), on(adv), m, args.clip, args.loss_agg, denom)
-                    v = forward_response(critic, x, st, r, args.temperature, values=True, dtype=dtype)
-                    vl, _ = value_loss(v, on(old_v), on(returns), m, args.value_clip, args.loss_agg, denom)
+                    vl = torch.zeros((), device=device)  # REINFORCE: no value loss
+                    if critic is not None:
+                        v = forward_response(critic, x, st, r, args.temperature, values=True, dtype=dtype)
+                        vl, _ = value_loss(v, on(old_v), on(returns), m, args.value_clip, args.loss_agg, denom)
                     bad = torch.tensor([0.0 if (torch.isfinite(pl) and torch.isfinite(vl)) else 1.0])
                     if dist.sum_tensor(bad).item() > 0:
                         raise FloatingPointError(
@@ -661,14 +780,16 @@ def main(argv=None):
                     stats["approx_kl_sum"] += pm["approx_kl_sum"]
                     stats["tokens"] += float(m.sum())
                 gn_a = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip)
-                gn_c = torch.nn.utils.clip_grad_norm_(critic.parameters(), args.grad_clip)
+                gn_c = torch.nn.utils.clip_grad_norm_(critic.parameters(), args.grad_clip) if critic is not None \
+                    else torch.zeros(())
                 if not (torch.isfinite(gn_a) and torch.isfinite(gn_c)):
                     raise FloatingPointError(f"iteration {it}: non-finite gradient norm (actor {gn_a}, critic {gn_c}); "
                                              f"stopping before the optimizer step, weights unchanged")
                 stats["grad_norm_actor"] += float(gn_a)
                 stats["grad_norm_critic"] += float(gn_c)
-                actor_opt.step(), critic_opt.step()
-                actor_opt.zero_grad(set_to_none=True), critic_opt.zero_grad(set_to_none=True)
+                for opt in opts.values():
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
                 n_updates += 1
         it += 1
         stale = True  # the policy changed: the next rollout or evaluation re-gathers its weights
@@ -680,18 +801,23 @@ def main(argv=None):
             "reward": float(raw.sum(dim=(1, 2)).mean()),  # the task's reward per response, before clip and KL
             "reward_kl": float((rewards - raw.clamp(-args.reward_clip, args.reward_clip)).sum(dim=(1, 2)).mean()),
             "logprob_gap": float(((old_lp - sampler_lp).abs() * mask).sum() / n_resp),  # sampler vs trainer
-            "value_mean": float((old_v * mask).sum() / n_resp), "return_mean": float((returns * mask).sum() / n_resp),
+            "return_mean": float((returns * mask).sum() / n_resp),
             "accuracy": sum(correct) / len(correct),
             "response_length": sum(lengths) / len(lengths), "truncation_rate": sum(truncated) / len(truncated),
             "kl": float(kl.sum() / n_resp), "entropy": float((ent * mask).sum() / n_resp),
             "clip_frac": stats["clip_frac_sum"] / max(stats["tokens"], 1),
             "approx_kl": stats["approx_kl_sum"] / max(stats["tokens"], 1),
-            "policy_loss": stats["policy_loss"] / max(n_updates, 1), "value_loss": stats["value_loss"] / max(n_updates, 1),
-            "explained_variance": explained_variance(old_v, returns, mask),
+            "policy_loss": stats["policy_loss"] / max(n_updates, 1),
             "grad_norm_actor": stats["grad_norm_actor"] / max(n_updates, 1),  # mean over the optimizer steps
-            "grad_norm_critic": stats["grad_norm_critic"] / max(n_updates, 1),
             "tokens_per_s": world * sum(lengths) / max(t1 - t0, 1e-9),  # sampling, all ranks (mean x world)
+            # the paper's Sec. 6 reflection keywords: occurrences of each per response (eval.keyword_frequency)
+            **{f"keywords/{w}": f for w, f in keyword_frequency(texts).items()},
         }
+        if critic is not None:
+            local.update({"value_mean": float((old_v * mask).sum() / n_resp),
+                          "value_loss": stats["value_loss"] / max(n_updates, 1),
+                          "explained_variance": explained_variance(old_v, returns, mask),
+                          "grad_norm_critic": stats["grad_norm_critic"] / max(n_updates, 1)})
         row = {"iteration": it, **dist.mean(local), "response_length_max": dist.max_int(max(lengths)),  # all ranks
                "actor_lr": lr_a,
                "time/sample": t1 - t0, "time/score": t2 - t1, "time/ref_critic": t3 - t2, "time/train": t4 - t3}

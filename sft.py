@@ -64,6 +64,8 @@ def parse_args(argv=None):
     a("--dtype", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
     a("--grad-ckpt", action="store_true", help="gradient checkpointing (memory for compute)")
     a("--max-steps", type=int, default=0, help="stop after this many steps (0: epochs decide)")
+    a("--rope-theta", type=float, help="RoPE theta to train with, with positions raised to --max-len (saved in the "
+      "checkpoint's config); 0: the start's own [qwen-math-7b: model.LONG_CONTEXT; others: the start's]")
     a("--kill-at-step", type=int, default=0, help="testing: SIGKILL this process after that step")
     a("--allow-changed-args", action="store_true", help="resume a run in --out although its saved arguments "
       "differ (the change is recorded in args.json); without it such a resume is refused")
@@ -92,6 +94,7 @@ def check_args(args):
     req(args.weight_decay >= 0, "--weight-decay", args.weight_decay, "a number >= 0")
     req(args.grad_clip > 0, "--grad-clip", args.grad_clip, "a number > 0")
     req(args.max_len >= 2, "--max-len", args.max_len, "an integer >= 2 (prompt and response tokens)")
+    req(args.rope_theta is None or args.rope_theta >= 0, "--rope-theta", args.rope_theta, "a number >= 0")
     req(args.eval_every >= 0, "--eval-every", args.eval_every, "an integer >= 0 (0: only at the end)")
     req(args.save_every >= 1, "--save-every", args.save_every, "an integer >= 1")
     req(args.keep_checkpoints >= 1, "--keep-checkpoints", args.keep_checkpoints, "an integer >= 1")
@@ -233,7 +236,9 @@ def main(argv=None):
         dist.write_atomic(os.path.join(args.out, "args.json"), json.dumps(saved_args, indent=2))
 
     # model: fp32 master weights; bf16 compute via FSDP's mixed precision or autocast
-    model, tok = M.load(args.model, dtype=torch.float32, device=device, seed=args.seed)
+    theta = M.LONG_CONTEXT.get(args.model, {}).get("rope_theta") if args.rope_theta is None else args.rope_theta
+    model, tok = M.load(args.model, dtype=torch.float32, device=device, seed=args.seed, rope_theta=theta or None,
+                        max_positions=args.max_len if theta else None)
     model.gradient_checkpointing = args.grad_ckpt
     model = dist.shard(model, param_dtype=dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))

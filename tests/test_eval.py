@@ -103,3 +103,60 @@ def test_classroom_digits_flag_sets_the_problems(tmp_path):
                                           "--out", str(tmp_path / "e")]))["classroom"]
         assert len(rows) == 5
         assert all(len(r["problem"].split("+")[0]) == digits for r in rows)
+
+
+def test_keyword_frequency_by_hand():
+    """The paper's Sec. 6 keywords, occurrences per response over a batch (whole words, any case)."""
+    texts = ["Wait, wait. However, the sum is 5.", "Let me retry. Alternatively recheck; waiting is not wait-ing",
+             "no reflection"]
+    f = E.keyword_frequency(texts)
+    assert E.KEYWORDS == ["wait", "recheck", "alternatively", "retry", "however"]
+    # wait: 2 + 1 ("wait-ing": "wait" then "-", a word boundary) + 0; the others once each in 3 responses
+    assert f == pytest.approx({"wait": 3 / 3, "recheck": 1 / 3, "alternatively": 1 / 3, "retry": 1 / 3,
+                               "however": 1 / 3})
+    assert E.keyword_frequency([]) == {w: 0.0 for w in E.KEYWORDS}
+
+
+def test_defaults_are_the_authors_evaluation_protocol(monkeypatch, tmp_path):
+    """metagen's eval_reasoning_dlc.yaml: AIME 2024 over 16 samples, the other benchmarks over 4, temperature 0.7,
+    top-p 0.95, 16,384 new tokens; main passes each benchmark its own count. Caught mutations: one count for every
+    benchmark (main passing --n), a default of 1 sample."""
+    args = E.parse_args([])
+    assert (args.n, args.temperature, args.top_p, args.max_new_tokens) == (0, 0.7, 0.95, 16384)
+    assert args.benchmarks.split(",") == ["math500", "aime2024", "theoremqa", "mmlu_pro_1k"]
+    assert [E.samples_for(b, args.n) for b in args.benchmarks.split(",")] == [4, 16, 4, 4]
+    assert E.samples_for("classroom") == 1 and E.samples_for("aime2024", 2) == 2
+    import model as M
+    seen = {}
+    monkeypatch.setattr(E, "check_args", lambda a: {"aime2024": [{"problem": "1+1", "answer": "2"}],
+                                                    "math500": [{"problem": "1+2", "answer": "3"}]})
+    monkeypatch.setattr(M, "load", lambda *a, **k: (None, None))
+
+    def fake_evaluate(net, tok, rows, n, temperature, top_p, max_new_tokens, **k):
+        seen[rows[0]["answer"]] = (n, temperature, top_p, max_new_tokens)
+        return {"accuracy": 0.5, "accuracy_se": 0.1, "mean_length": 1.0, "truncation_rate": 0.0,
+                "reflections_per_response": 0.0, "n": n}, []
+    monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    E.main(["--out", str(tmp_path)])
+    assert seen == {"2": (16, 0.7, 0.95, 16384), "3": (4, 0.7, 0.95, 16384)}
+
+
+def test_plot_draws_the_reflection_keywords_of_a_ppo_run(tmp_path):
+    """A ppo.py run logs keywords/<word> per iteration: the figure gets a third panel with one line per keyword,
+    their values those logged; a run without them keeps two panels."""
+    pytest.importorskip("matplotlib")
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for it in range(1, 4):
+            f.write(json.dumps({"iteration": it, "accuracy": 0.1, "response_length": 9.0,
+                                **{f"keywords/{w}": it * (i + 1) / 10 for i, w in enumerate(E.KEYWORDS)}}) + "\n")
+            f.write(json.dumps({"iteration": it, "eval/accuracy": 0.1, "eval/mean_length": 9.0}) + "\n")
+    fig = E.curves_figure(str(tmp_path))
+    assert len(fig.axes) == 3
+    lines = {line.get_label(): line for line in fig.axes[2].get_lines()}
+    assert list(lines) == E.KEYWORDS
+    assert list(lines["retry"].get_xdata()) == [1, 2, 3]
+    assert list(lines["retry"].get_ydata()) == pytest.approx([0.4, 0.8, 1.2])
+    assert open(E.plot_curves(str(tmp_path)), "rb").read(4) == b"\x89PNG"
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "metrics.jsonl").write_text(json.dumps({"step": 1, "accuracy": 0.1, "response_length": 2}))
+    assert len(E.curves_figure(str(tmp_path / "sft")).axes) == 2

@@ -258,3 +258,45 @@ def test_triton_backend_same_logits_and_gradients():
         grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
     assert len(grads[1]) == len(list(m.parameters())) and grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_rope_theta_override_reaches_the_loaded_model(tmp_path):
+    """--rope-theta: model.load (and dist.load_sharded, which ppo.py uses) build the model with the new theta: its
+    rope tables are cos/sin(position x theta^(-2i/d)) for that theta, its forward changes, its position limit is
+    raised, and a save keeps both (config.json), so the next load of the checkpoint needs no flag. Caught
+    mutations: the override dropped in load or in load_sharded, the tables left at the config's theta."""
+    import dist
+    ids = torch.tensor([[5, 9, 12, 30, 7, 44, 3, 8]])
+    base, tok = M.load("tiny")
+    net, _ = M.load("tiny", rope_theta=1e6, max_positions=8192)
+    assert base.cfg.rope_theta == 10000.0 and net.cfg.rope_theta == 1e6 and net.cfg.max_position_embeddings == 8192
+    d = net.cfg.head_dim
+    angles = torch.arange(8.0)[:, None] / (1e6 ** (torch.arange(0, d, 2).float() / d))[None, :]  # (P, d/2)
+    cos, sin = net.rope_tables(8, "cpu")
+    assert torch.allclose(cos[:8], angles.cos(), atol=1e-6) and torch.allclose(sin[:8], angles.sin(), atol=1e-6)
+    with torch.no_grad():  # same weights (seed 0), other theta: other logits past position 0
+        a, b = base(ids, return_logits=True).logits, net(ids, return_logits=True).logits
+    assert torch.allclose(a[0, 0], b[0, 0], atol=1e-6) and not torch.allclose(a[0, 1:], b[0, 1:], atol=1e-4)
+    sharded, _ = dist.load_sharded("tiny", torch.float32, "cpu", rope_theta=1e6, max_positions=8192)
+    assert sharded.cfg.rope_theta == 1e6 and torch.equal(sharded.rope_tables(8, "cpu")[0][:8], cos[:8])
+    M.save(net, tok, str(tmp_path / "ckpt"))
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert saved["rope_theta"] == 1e6 and saved["max_position_embeddings"] == 8192
+    again, _ = M.load(str(tmp_path / "ckpt"))
+    assert again.cfg.rope_theta == 1e6
+    raised, _ = M.load(str(tmp_path / "ckpt"), rope_theta=5e5, max_positions=64)  # never lowers the limit
+    assert raised.cfg.rope_theta == 5e5 and raised.cfg.max_position_embeddings == 8192
+    cfg = M.config_for("qwen-math-7b", **M.LONG_CONTEXT["qwen-math-7b"])  # the paper preset's start
+    assert (cfg.rope_theta, cfg.max_position_embeddings) == (40000.0, 16384)
+    assert M.config_for("qwen-math-7b").rope_theta == 10000.0  # the checkpoint's own without it
+    with pytest.raises(ValueError, match="rope_theta"):
+        M.load("tiny", rope_theta=-1.0)
+
+
+def test_ppo_takes_the_long_context_theta_for_qwen_math_7b():
+    import ppo
+    assert ppo.parse_args(["--model", "qwen-math-7b"]).rope_theta == M.LONG_CONTEXT["qwen-math-7b"]["rope_theta"]
+    assert ppo.parse_args(["--model", "qwen-math-7b", "--rope-theta", "0"]).rope_theta is None  # the checkpoint's
+    assert ppo.parse_args(["--model", "qwen-math-7b", "--rope-theta", "1e5"]).rope_theta == 1e5
+    assert ppo.parse_args(["--model", "llama-3.1-8b"]).rope_theta is None
+    assert ppo.parse_args([]).rope_theta is None  # tiny

@@ -71,3 +71,44 @@ def test_report_says_fits_or_not(planned):
     text, ok = plan.report(plan.table(peaks, small), info, "t")
     assert not ok and text.splitlines()[-1].startswith("does not fit")
     assert math.isclose(plan.table(peaks, S["gpu_bytes"])[0][2], S["gpu_bytes"] / plan.GiB)
+
+
+JCFG = M.Config(vocab_size=384, hidden_size=96, intermediate_size=256, num_layers=3, num_heads=6, num_kv_heads=3,
+                head_dim=16, tie_word_embeddings=False, eos_token_id=1)  # the judge: another shape than the policy
+
+
+@pytest.fixture(scope="module")
+def planned_judge_reinforce():
+    s = dict(S, advantage="reinforce", judge_cfg=M.Config(**vars(JCFG)), judge_max_new_tokens=24)
+    return plan.plan(M.Config(**vars(CFG)), s, WORLD, passes=2, log=lambda *a: None)
+
+
+def test_plan_counts_the_judge_and_no_critic_under_reinforce(planned_judge_reinforce):
+    """--verifier judge: the judge's bf16 weights, whole on every rank, from load to checkpoint, and its KV cache
+    (slots from the budget, capacity for the response's tail + the template + its 1,024-token budget) in the judge
+    phase. --advantage reinforce: no critic weights, gradients or Adam moments. Caught mutations: the judge left out
+    of the plan (load and steady state short by its bytes), the critic still built under reinforce."""
+    peaks, info = planned_judge_reinforce
+    n, n_lm, _ = sizes()
+    with torch.device("meta"):
+        j = M.CausalLM(JCFG)
+    judge_bytes = 2 * j.num_params()  # bf16, not sharded
+    weights = (4 * n + 2 * n) / WORLD + judge_bytes  # policy fp32 + reference bf16 shards, the whole judge
+    adam = 2 * 4 * n / WORLD  # the policy's two moments only
+    assert info["judge_weight_bytes"] == judge_bytes
+    assert weights <= peaks["load + shard"][0] <= 1.2 * weights
+    W = S["max_prompt_len"] + S["max_new_tokens"]
+    jcap = info["judge_capacity"]
+    assert jcap >= S["max_new_tokens"] + plan.JUDGE_EXTRA + 24
+    rope = 2 * 2 * max(W, min(CFG.max_position_embeddings, 32768)) * (CFG.head_dim // 2) * 4 \
+        + 2 * max(jcap, min(JCFG.max_position_embeddings, 32768)) * (JCFG.head_dim // 2) * 4  # policy, ref; judge
+    steady = peaks["checkpoint"][1]
+    assert weights + adam + rope <= steady <= 1.02 * (weights + adam + rope)
+    per_slot = 2 * JCFG.num_layers * JCFG.num_kv_heads * JCFG.head_dim * 2 * jcap
+    assert info["judge_slots"] == min(info["jobs"], info["judge_kv_bytes"] // per_slot)
+    assert info["judge_kv_bytes"] == info["judge_slots"] * per_slot
+    assert peaks["judge"][0] >= weights + adam + info["judge_slots"] * per_slot
+    grads = 4 * n / WORLD
+    assert peaks["optimizer"][0] >= weights + adam + grads
+    text, ok = plan.report(plan.table(peaks, S["gpu_bytes"]), info, "t")
+    assert ok and "judge: weights" in text

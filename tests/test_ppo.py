@@ -89,6 +89,23 @@ def test_multi_gamma_advantages_two_reward_types():
     assert torch.equal(one[0], ref[0]) and torch.equal(one[1], ref[1])
 
 
+def test_reinforce_returns_by_hand():
+    """REINFORCE (the authors' get_cumulative_returns): each reward type discounted with its own gamma, summed; no
+    value subtracted. (B, T, K) = (2, 3, 2), row 1 has 2 actions and a 100 on padding that must not leak in."""
+    rewards = torch.zeros(2, 3, 2)
+    rewards[0, :, 0] = t([0.0, 0.0, 2.0])  # correctness at the last token, gamma 0.5
+    rewards[0, :, 1] = t([-1.0, -1.0, 0.0])  # repetition penalty, gamma 0.9
+    rewards[1, :, 0] = t([0.0, 1.0, 100.0])
+    rewards[1, :, 1] = t([-1.0, 0.0, 100.0])
+    mask = t([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    G = ppo.reinforce_returns(rewards, mask, [0.5, 0.9])
+    # row 0: G^0 = [0.5^2 * 2, 0.5 * 2, 2] = [0.5, 1, 2]; G^1 = [-1 + 0.9 * -1, -1, 0] = [-1.9, -1, 0]
+    # row 1: G^0 = [0.5 * 1, 1, 0]; G^1 = [-1, 0, 0]
+    assert torch.allclose(G, t([[0.5 - 1.9, 0.0, 2.0], [-0.5, 1.0, 0.0]]))
+    one = ppo.reinforce_returns(rewards[..., :1], mask, [1.0])  # one type, undiscounted: the reward-to-go
+    assert torch.allclose(one, t([[2.0, 2.0, 2.0], [1.0, 1.0, 0.0]]))
+
+
 def test_masks_at_eos_and_truncation_and_zero_on_padding():
     # 3 responses in a (B, 4) batch: EOS as 3rd token, EOS as 1st token, truncated at max_new_tokens = 4 (no EOS)
     lengths = [3, 1, 4]
@@ -462,3 +479,155 @@ def test_loop_trains_the_critic_towards_the_returns(run_w):
     gap = [abs(run_w[it]["value_mean"] - run_w[it]["return_mean"]) for it in (1, 2, 3)]
     assert run_w[1]["value_mean"] == 0 and gap[0] > 1.0, gap  # a zero head; returns of mostly wrong answers
     assert gap[2] < 0.5 * gap[0], gap
+
+
+# ----------------------------------------------------------------------------------------------------
+# The paper's other settings inside ppo.main: whitening, REINFORCE, the LLM judge, RoPE theta, keywords
+# ----------------------------------------------------------------------------------------------------
+ONE = FLAGS + ["--iterations", "1", "--ppo-epochs", "1", "--train-batch", "8", "--eval-every", "1"]  # 1 minibatch
+
+
+def run_main(args):
+    """ppo.main in this process, one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ppo.main(args)
+    finally:
+        torch.set_num_threads(n)
+
+
+def spy_policy_loss(monkeypatch):
+    """Records (advantages, mask) of every ppo.policy_loss call inside main."""
+    seen, real = [], ppo.policy_loss
+
+    def spy(logp, old_logp, adv, mask, *a, **k):
+        seen.append((adv.detach().clone(), mask.detach().clone()))
+        return real(logp, old_logp, adv, mask, *a, **k)
+    monkeypatch.setattr(ppo, "policy_loss", spy)
+    return seen
+
+
+def assert_whitened(seen, n_tokens):
+    """The advantages the policy loss received over the (one-minibatch) update: every token of the rollout once,
+    mean 0 and variance 1 over those tokens."""
+    adv = torch.cat([a[m > 0] for a, m in seen]).double()
+    assert adv.numel() == n_tokens
+    assert adv.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert adv.var(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_policy_loss_receives_advantages_whitened_over_the_rollout(sft_start, tmp_path, monkeypatch):
+    """GAE: the advantages in the loss are whitened over the whole rollout (the authors' replay_buffer.normalize).
+    Caught mutation: the whitening line removed from main (mean -9.35, variance 4.47: the zero-initialised critic
+    leaves the returns of truncated answers, about -10)."""
+    seen = spy_policy_loss(monkeypatch)
+    run_main(ONE + ["--sft-out", str(sft_start), "--out", str(tmp_path / "run")])
+    row = metrics(tmp_path / "run")[0][1]
+    assert_whitened(seen, round(row["response_length"] * 8))
+
+
+def test_reinforce_builds_no_critic(sft_start, tmp_path, monkeypatch):
+    """--advantage reinforce: no critic model, optimizer, value forward or value loss; the policy loss gets the
+    discounted returns whitened over the rollout. Caught mutations: the critic built anyway (a value-head load and
+    a second AdamW), the whitening removed (mean -9.35, variance 4.47)."""
+    loads, opts, value_calls = [], [], []
+    real_load, real_init, real_fwd = dist.load_sharded, torch.optim.AdamW.__init__, ppo.forward_response
+    monkeypatch.setattr(dist, "load_sharded", lambda *a, **k: (loads.append(k.get("value_head", False)),
+                                                               real_load(*a, **k))[1])
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", lambda self, *a, **k: (opts.append(1),
+                                                                               real_init(self, *a, **k))[1])
+    monkeypatch.setattr(ppo, "forward_response", lambda *a, **k: (value_calls.append(k.get("values", False)),
+                                                                  real_fwd(*a, **k))[1])
+    monkeypatch.setattr(ppo, "value_loss", lambda *a, **k: pytest.fail("a value loss with --advantage reinforce"))
+    seen = spy_policy_loss(monkeypatch)
+    out = tmp_path / "run"
+    run_main(ONE + ["--sft-out", str(sft_start), "--out", str(out), "--advantage", "reinforce"])
+    assert loads == [False, False] and len(opts) == 1 and not any(value_calls) and value_calls  # policy + reference
+    row = metrics(out)[0][1]
+    assert_whitened(seen, round(row["response_length"] * 8))
+    assert "value_loss" not in row and "explained_variance" not in row and math.isfinite(row["policy_loss"])
+    assert sorted(p.name for p in newest(out).iterdir() if p.is_dir()) == ["policy", "trainer"]
+
+
+def test_judge_grades_the_rollout(sft_start, tmp_path, monkeypatch):
+    """--verifier judge with a stand-in judge that says "correct" only for one reference answer (the first prompt's):
+    exactly the rows of that answer are correct, get the cosine reward of a correct answer, and set the logged
+    accuracy; the reflection keywords are logged per response. Responses are cut to 5 tokens ending "eos", so that
+    none hits the length limit (whose reward would hide correctness). Caught mutations: main grading with the rules
+    despite --verifier judge (no row correct), the judge's verdict inverted, a keyword frequency summed instead of
+    averaged over responses."""
+    import reward as RW
+    import judge
+    import sample
+    from sample import Sample
+    known, refs, got = [], [], {}
+    real_gen, real_rt = sample.generate, RW.reward_tensor
+
+    def rollout(model, tok, prompts, n=1, **k):  # the policy's own samples, cut to 5 tokens, keywords in half
+        outs = real_gen(model, tok, prompts, n=n, **k)
+        return [[Sample(s.prompt_index, s.token_ids[:5], s.logprobs[:5],
+                        tok.decode(s.token_ids[:5]) + (" Wait, however; wait" if j % 2 == 0 else ""), "eos")
+                 for j, s in enumerate(group)] for group in outs]
+
+    def stand_in(model, tok, prompts, n, temperature, max_new_tokens, **k):
+        assert temperature == 0.0 and max_new_tokens == 1024 and n == 1
+        for p in prompts:
+            refs.append(p.split("Reference answer:\n")[1].split("\n")[0])
+        known[:] = known or refs[:1]
+        return [[Sample(i, [1], [0.0], f"Judgement: {'correct' if r == known[0] else 'wrong'}", "eos")]
+                for i, r in enumerate(refs[-len(prompts):])]
+
+    def reward_spy(correct, lengths, token_ids, truncated, cfg, texts=None):
+        out = real_rt(correct, lengths, token_ids, truncated, cfg, texts=texts)
+        got.update(correct=list(correct), rewards=out[0], lengths=list(lengths), texts=list(texts))
+        return out
+    monkeypatch.setattr(sample, "generate", rollout)
+    monkeypatch.setattr(judge, "generate", stand_in)
+    monkeypatch.setattr(RW, "reward_tensor", reward_spy)
+    out = tmp_path / "run"
+    run_main(ONE + ["--sft-out", str(sft_start), "--out", str(out), "--verifier", "judge", "--judge-model", "tiny",
+                    "--eval-every", "5"])
+    want = [r == known[0] for r in refs]
+    assert got["correct"] == want and 0 < sum(want) < len(want), (refs, got["correct"])
+    assert got["lengths"] == [5] * 8
+    r_correct, r_wrong = RW.cos_fn(5, 12, 2.0, 1.0), RW.cos_fn(5, 12, -10.0, 0.0)  # CLASSROOM's cosine, T = 12
+    assert [round(float(got["rewards"][b, 4, 0]), 5) for b in range(8)] == \
+        [round(r_correct if c else r_wrong, 5) for c in want]
+    row = metrics(out)[0][1]
+    assert row["accuracy"] == pytest.approx(sum(want) / 8)
+    wait = sum(E_word(x, "wait") for x in got["texts"]) / 8
+    assert wait >= 1.0 and row["keywords/wait"] == pytest.approx(wait)  # 2 per augmented response, half of them
+    assert row["keywords/however"] == pytest.approx(sum(E_word(x, "however") for x in got["texts"]) / 8)
+    logged = {k for k in row if k.startswith("keywords/")}
+    assert logged == {f"keywords/{w}" for w in ("wait", "recheck", "alternatively", "retry", "however")}
+
+
+def E_word(text, word):
+    import eval as E
+    return E.word_count(text, word)
+
+
+def test_reinforce_judge_rope_theta_two_ranks_match_one_process(sft_start, tmp_path):
+    """REINFORCE, the judge (the tiny model, greedy) and --rope-theta together, one process and two ranks: the same
+    metrics and weights, the saved policy carries the RoPE theta it was trained with (config.json), and the first
+    KL is 0 (reference and policy at the same theta). Caught mutations: the theta not passed to the policy's load,
+    nor to the reference's (KL no longer exactly 0 at iteration 1), nor by dist.load_sharded under torchrun."""
+    flags = FLAGS + ["--sft-out", str(sft_start), "--advantage", "reinforce", "--verifier", "judge", "--judge-model",
+                     "tiny", "--judge-max-new-tokens", "16", "--rope-theta", "20000"]
+    run(flags + ["--out", str(tmp_path / "one")])
+    run(flags + ["--out", str(tmp_path / "two")], torchrun=True)
+    (t1, e1), (t2, e2) = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert sorted(t1) == sorted(t2) == [1, 2]
+    assert t1[1]["kl"] == t2[1]["kl"] == 0.0  # policy and reference both at the new theta: the same model at first
+    for it in t1:
+        for k in [k for k in GLOBAL if k != "value_loss"] + ["keywords/wait"]:
+            assert t2[it][k] == pytest.approx(t1[it][k], rel=1e-4, abs=1e-6), (it, k, t1[it][k], t2[it][k])
+        assert "value_loss" not in t1[it]
+    w1, w2 = weights(newest(tmp_path / "one") / "policy"), weights(newest(tmp_path / "two") / "policy")
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-5), k
+    for d in ("one", "two"):
+        cfg = json.loads((newest(tmp_path / d) / "policy" / "config.json").read_text())
+        assert cfg["rope_theta"] == 20000.0 and cfg["max_position_embeddings"] >= 64 + 12
+        assert not (newest(tmp_path / d) / "critic").exists()
